@@ -1,0 +1,224 @@
+"""The compatibility layer: the ONLY module of this repository that branches
+on the vLLM version.
+
+Every shim imports vLLM lazily, tries the newest location or interface first,
+and states why it exists and when it can go (see ``docs/compat.md`` and the
+compat canary tests, which fail once the oldest supported vLLM no longer
+needs a shim). Plugins call these functions instead of checking versions.
+
+Shims (see vllm-api-drift.md, numbers refer to its list):
+
+* ``logits_processor_bases`` (1): V1 and, from 0.31, V2 model-runner bases.
+* ``is_v2_logits_init`` (1): tell which runner constructed a processor.
+* ``make_lora_request`` (2): keyword-only ``LoRARequest``; drops
+  ``tensorizer_config_dict`` where it no longer exists (0.32).
+* ``metric_buckets`` (3): ``build_buckets`` moved in 0.30.
+* ``io_processor_shapes_response_in_post_process`` (4): 0.32 stopped calling
+  ``output_to_response``.
+* ``platform_method_names`` / ``non_ssm_backend_method`` (5): platform
+  interface renames.
+* ``register_attention_backend`` (7): named custom backends from 0.32, the
+  single ``CUSTOM`` slot before.
+* ``register_env_vars``: announce plugin settings to vLLM's env validator
+  (same dict in 0.29 to 0.33; kept here so a future move has one home).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from vllm_plugin_core.version import require_vllm_installed, version_in
+
+__all__ = [
+    "io_processor_shapes_response_in_post_process",
+    "is_v2_logits_init",
+    "logits_processor_bases",
+    "make_lora_request",
+    "metric_buckets",
+    "non_ssm_backend_method",
+    "register_attention_backend",
+    "register_env_vars",
+    "v2_logits_interface",
+]
+
+
+# --- 1. logits processors: V1 runner everywhere, V2 runner on CUDA from 0.31 ---
+
+def v2_logits_interface() -> Any | None:
+    """The V2 model runner's logits-processor module, or None before 0.31.
+
+    Why: 0.31 added a second interface for the V2 runner that CUDA builds use
+    by default. Can go: never while 0.30 is supported (feature-detected).
+    """
+    require_vllm_installed("logits processors")
+    try:
+        from vllm.v1.worker.gpu.sample.logits_processor import interface
+    except ImportError:
+        return None
+    return interface
+
+
+def logits_processor_bases() -> tuple[type, ...]:
+    """Base classes a logits-processor plugin class must derive from.
+
+    V1's ``LogitsProcessor`` always; V2's as well where it exists, because the
+    V2 loader checks ``issubclass`` against its own base. One class then
+    serves both runners: see :func:`is_v2_logits_init`.
+    """
+    require_vllm_installed("logits processors")
+    from vllm.v1.sample.logits_processor import LogitsProcessor as V1
+
+    v2 = v2_logits_interface()
+    if v2 is None:
+        return (V1,)
+    return (V1, v2.LogitsProcessor)
+
+
+def is_v2_logits_init(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether ``__init__`` was called by the V2 runner.
+
+    V1 calls ``(vllm_config, device, is_pin_memory)``; V2 calls
+    ``(vllm_config, req_states)``.
+    """
+    if "req_states" in kwargs:
+        return True
+    if "device" in kwargs or "is_pin_memory" in kwargs:
+        return False
+    return len(args) == 2
+
+
+def batch_update_types() -> tuple[Any, Any]:
+    """``(BatchUpdate, MoveDirectionality)`` of the V1 interface."""
+    require_vllm_installed("logits processors")
+    from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
+    return BatchUpdate, MoveDirectionality
+
+
+# --- 2. LoRARequest construction ---
+
+def make_lora_request(
+    lora_name: str,
+    lora_int_id: int,
+    lora_path: str,
+    base_model_name: str | None = None,
+    **extra: Any,
+) -> Any:
+    """Build a ``LoRARequest`` with keyword arguments valid for this vLLM.
+
+    Why: the struct is array-like and 0.32 removed ``tensorizer_config_dict``;
+    positional construction silently shifts fields. Unknown extras are dropped.
+    Can go: when 0.31 leaves the matrix (keep keyword construction).
+    """
+    require_vllm_installed("LoRA requests")
+    from vllm.lora.request import LoRARequest
+
+    fields = set(getattr(LoRARequest, "__struct_fields__", ())) or set(
+        inspect.signature(LoRARequest).parameters
+    )
+    kwargs = {k: v for k, v in extra.items() if k in fields}
+    return LoRARequest(
+        lora_name=lora_name,
+        lora_int_id=lora_int_id,
+        lora_path=lora_path,
+        base_model_name=base_model_name,
+        **kwargs,
+    )
+
+
+# --- 3. metric buckets ---
+
+def metric_buckets() -> tuple[Callable[..., list], Callable[..., list]]:
+    """``(build_buckets, build_1_2_5_buckets)`` wherever this vLLM keeps them.
+
+    Why: moved from ``v1/metrics/loggers.py`` to ``v1/metrics/buckets.py`` in
+    0.30. Can go: when 0.29 leaves the matrix.
+    """
+    require_vllm_installed("metric buckets")
+    try:
+        from vllm.v1.metrics.buckets import build_1_2_5_buckets, build_buckets
+    except ImportError:  # 0.29
+        from vllm.v1.metrics.loggers import build_1_2_5_buckets, build_buckets
+    return build_buckets, build_1_2_5_buckets
+
+
+# --- 4. IO processor responses ---
+
+def io_processor_shapes_response_in_post_process() -> bool:
+    """True where vLLM no longer calls ``IOProcessor.output_to_response``.
+
+    Why: 0.32 dropped the call; the response must be shaped in
+    ``post_process``. Before 0.32 vLLM still calls ``output_to_response`` when
+    defined. Can go: when 0.31 leaves the matrix.
+    """
+    require_vllm_installed("IO processors")
+    return version_in(">=0.32")
+
+
+# --- 5. platform interface renames ---
+
+def non_ssm_backend_method() -> str:
+    """Name of the platform's non-SSM backend finder for this vLLM.
+
+    Why: ``_find_non_ssm_backend`` became ``_find_non_ssm_backends`` (a list)
+    in 0.31. Can go: when 0.30 leaves the matrix.
+    """
+    require_vllm_installed("platforms")
+    return "_find_non_ssm_backends" if version_in(">=0.31") else "_find_non_ssm_backend"
+
+
+def platform_method_names() -> dict[str, bool]:
+    """Which optional platform hooks this vLLM's ``Platform`` has."""
+    require_vllm_installed("platforms")
+    from vllm.platforms.interface import Platform
+
+    names = (
+        "get_lora_vocab_padding_size",  # removed in 0.32
+        "get_mla_prefill_backend_cls",  # added in 0.32
+        "get_kv_cache_config_builder_cls",  # added in 0.33
+        "update_block_size_for_backend",
+    )
+    return {name: hasattr(Platform, name) for name in names}
+
+
+# --- 7. attention backend registration ---
+
+def register_attention_backend(name: str, class_path: str) -> Any:
+    """Register an attention backend and return the enum member that selects it.
+
+    Why: ``register_backend`` accepts a new string name only from 0.32;
+    before, out-of-tree backends use the single ``CUSTOM`` slot.
+    Can go: when 0.31 leaves the matrix.
+    """
+    require_vllm_installed("attention backends")
+    from vllm.v1.attention.backends import registry
+
+    if version_in(">=0.32"):
+        registry.register_backend(name, class_path)
+        return getattr(registry.AttentionBackendEnum, name, name)
+    registry.register_backend(registry.AttentionBackendEnum.CUSTOM, class_path)
+    return registry.AttentionBackendEnum.CUSTOM
+
+
+# --- environment variables ---
+
+def register_env_vars(names: Iterable[str]) -> list[str]:
+    """Add ``names`` to vLLM's known environment variables; return those added.
+
+    vLLM warns ``Unknown vLLM environment variable detected`` (or fails, with
+    ``fail_on_environ_validation``) for any ``VLLM_*`` variable missing from
+    ``vllm.envs.environment_variables``.
+    """
+    require_vllm_installed("environment validation")
+    import os
+
+    import vllm.envs as envs
+
+    added = []
+    for name in names:
+        if name not in envs.environment_variables:
+            envs.environment_variables[name] = lambda n=name: os.environ.get(n)
+            added.append(name)
+    return added

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+def _install_target(target: Path, *projects: Path) -> None:
+    uv = shutil.which("uv")
+    if uv:
+        cmd = [uv, "pip", "install", "--python", sys.executable, "--no-deps", "--target", str(target)]
+    else:
+        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target)]
+    subprocess.run([*cmd, *map(str, projects)], check=True, capture_output=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def test_plugins_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding three real installed plugin distributions (healthy,
+    broken import, failing registration), for PYTHONPATH."""
+    target = tmp_path_factory.mktemp("plugins")
+    _install_target(target, *(HERE / "plugins" / n for n in ("healthy", "broken", "failing")))
+    return target
+
+
+@pytest.fixture
+def run_python():
+    """Run Python code in a fresh interpreter (how vLLM starts its processes)."""
+
+    def run(code: str, env: dict[str, str] | None = None, pythonpath: Path | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        full = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_PLUGIN_") or k == "VLLM_PLUGIN_CACHE_DIR"}
+        full.pop("VLLM_PLUGINS", None)
+        if pythonpath is not None:
+            full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), full.get("PYTHONPATH")]))
+        full.update(env or {})
+        return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True,
+                              timeout=timeout)
+
+    return run

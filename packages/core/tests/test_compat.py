@@ -1,0 +1,122 @@
+"""One test per compatibility shim, run against the real vLLM of each session,
+plus compat canaries that fail once the oldest supported vLLM no longer needs
+a shim (delete the shim then)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from vllm_plugin_core import compat
+from vllm_plugin_core.version import SUPPORTED_VLLM, version_in, vllm_version
+
+#: shim -> first vLLM version that no longer needs it (None: still needed at the newest).
+SHIM_NEEDED_BEFORE = {
+    "metric_buckets": "0.30",
+    "non_ssm_backend_method": "0.31",
+    "make_lora_request": "0.32",
+    "io_processor_shapes_response_in_post_process": "0.32",
+    "register_attention_backend": "0.32",
+}
+
+
+def oldest_supported() -> Version:
+    return min(Version(s.version) for s in SpecifierSet(SUPPORTED_VLLM) if s.operator in (">=", "=="))
+
+
+@pytest.mark.parametrize("shim", sorted(SHIM_NEEDED_BEFORE))
+def test_canary_shim_still_needed(shim):
+    """When this fails, the oldest supported vLLM has the new interface: delete the shim."""
+    assert hasattr(compat, shim)
+    assert oldest_supported() < Version(SHIM_NEEDED_BEFORE[shim]), (
+        f"vLLM {oldest_supported()} no longer needs compat.{shim}; remove it and call vLLM directly"
+    )
+
+
+def test_logits_processor_bases():
+    from vllm.v1.sample.logits_processor import LogitsProcessor as V1
+
+    bases = compat.logits_processor_bases()
+    assert bases[0] is V1
+    has_v2 = os.path.isdir(os.path.join(os.path.dirname(__import__("vllm").__file__),
+                                        "v1", "worker", "gpu", "sample", "logits_processor"))
+    assert len(bases) == (2 if has_v2 else 1)
+    assert has_v2 == version_in(">=0.31")
+
+    class Both(*bases):
+        def __init__(self, *args, **kwargs):
+            self.v2 = compat.is_v2_logits_init(args, kwargs)
+
+        def apply(self, logits, ctx=None):
+            return logits
+
+        def is_argmax_invariant(self):
+            return True
+
+        def update_state(self, batch_update):
+            pass
+
+    assert Both(None, "cpu", False).v2 is False
+    assert Both(None, req_states=None).v2 is True
+    assert Both(None, object()).v2 is True
+
+
+def test_make_lora_request_keyword_only():
+    req = compat.make_lora_request("ad", 3, "/tmp/ad", base_model_name="base",
+                                   tensorizer_config_dict=None, load_inplace=False)
+    assert (req.lora_name, req.lora_int_id, req.lora_path, req.base_model_name) == ("ad", 3, "/tmp/ad", "base")
+    from vllm.lora.request import LoRARequest
+
+    assert ("tensorizer_config_dict" in LoRARequest.__struct_fields__) == version_in("<0.32")
+
+
+def test_metric_buckets():
+    build_buckets, build_125 = compat.metric_buckets()
+    assert list(build_125(100)) == [1, 2, 5, 10, 20, 50, 100]
+    assert list(build_buckets([1, 5], 50)) == [1, 5, 10, 50]
+
+
+def test_io_processor_response_shaping_flag():
+    from vllm.entrypoints.pooling.pooling import io_processor
+
+    still_called = "output_to_response" in open(io_processor.__file__).read()
+    assert compat.io_processor_shapes_response_in_post_process() is (not still_called)
+
+
+def test_platform_method_names():
+    from vllm.platforms.interface import Platform
+
+    assert hasattr(Platform, compat.non_ssm_backend_method()) or hasattr(
+        __import__("vllm.platforms.cpu", fromlist=["CpuPlatform"]).CpuPlatform, compat.non_ssm_backend_method()
+    )
+    names = compat.platform_method_names()
+    assert names["get_lora_vocab_padding_size"] == version_in("<0.32")
+    assert names["get_mla_prefill_backend_cls"] == version_in(">=0.32")
+
+
+def test_register_attention_backend():
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    path = "vllm_plugin_core.compat:register_attention_backend"  # any importable dotted path
+    member = compat.register_attention_backend("VPC_TEST_BACKEND", path)
+    if version_in(">=0.32"):
+        assert member is not AttentionBackendEnum.CUSTOM
+    else:
+        assert member is AttentionBackendEnum.CUSTOM
+    assert member.get_path() == path
+
+
+def test_register_env_vars():
+    import vllm.envs as envs
+
+    name = "VLLM_PLUGIN_COMPAT_TEST_VAR"
+    assert compat.register_env_vars([name]) == [name]
+    assert compat.register_env_vars([name]) == []
+    assert name in envs.environment_variables
+
+
+def test_running_version_is_in_supported_range():
+    assert vllm_version() in SpecifierSet(SUPPORTED_VLLM)
