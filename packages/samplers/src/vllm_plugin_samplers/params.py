@@ -1,0 +1,187 @@
+"""Parse per-request sampler arguments from ``SamplingParams.extra_args``.
+
+Each ``parse_*`` function takes the request's ``extra_args`` mapping (which may
+be ``None``) and returns a frozen parameter object, or ``None`` when that
+sampler is off for the request. Invalid values raise :class:`ValueError` with a
+message naming the field, the bad value and the allowed range or form.
+Unknown keys are ignored (they may belong to other plugins).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "DEFAULT_DRY_SEQUENCE_BREAKERS",
+    "DryParams",
+    "NgramParams",
+    "XtcParams",
+    "parse_dry",
+    "parse_ngram",
+    "parse_xtc",
+]
+
+DEFAULT_DRY_SEQUENCE_BREAKERS: tuple[str, ...] = ("\n", ":", '"', "*")
+
+
+@dataclass(frozen=True)
+class NgramParams:
+    """No-repeat n-gram: ban any token that would complete an n-gram seen before."""
+
+    size: int
+
+
+@dataclass(frozen=True)
+class DryParams:
+    """DRY ("Don't Repeat Yourself") penalty settings.
+
+    ``penalty_last_n``: how many trailing context tokens to scan; 0 or -1 means
+    the whole context.
+    """
+
+    multiplier: float
+    base: float = 1.75
+    allowed_length: int = 2
+    sequence_breakers: tuple[str, ...] = DEFAULT_DRY_SEQUENCE_BREAKERS
+    penalty_last_n: int = 0
+
+
+@dataclass(frozen=True)
+class XtcParams:
+    """XTC ("Exclude Top Choices") settings."""
+
+    threshold: float
+    probability: float
+
+
+_MISSING: Any = object()
+
+
+def _args(extra_args: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if extra_args is None:
+        return {}
+    if not isinstance(extra_args, Mapping):
+        raise ValueError(f"extra_args must be a dict or None, got {type(extra_args).__name__}")
+    return extra_args
+
+
+def _get(args: Mapping[str, Any], name: str) -> Any:
+    """Return the value for ``name``; absent and ``None`` both give ``_MISSING``."""
+    value = args.get(name, _MISSING)
+    return _MISSING if value is None else value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def _int_field(name: str, value: Any, minimum: int) -> int:
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _breakers_field(name: str, value: Any) -> tuple[str, ...]:
+    form = "a list of non-empty strings or a JSON string of such a list"
+    raw = value
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"{name} must be {form}, got {raw!r}") from None
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(s, str) and s for s in value
+    ):
+        raise ValueError(f"{name} must be {form}, got {raw!r}")
+    return tuple(value)
+
+
+def parse_ngram(extra_args: Mapping[str, Any] | None) -> NgramParams | None:
+    """Parse ``no_repeat_ngram_size`` (integer >= 1; absent or None = off)."""
+    value = _get(_args(extra_args), "no_repeat_ngram_size")
+    if value is _MISSING:
+        return None
+    return NgramParams(size=_int_field("no_repeat_ngram_size", value, 1))
+
+
+def parse_dry(extra_args: Mapping[str, Any] | None) -> DryParams | None:
+    """Parse the ``dry_*`` fields; DRY is on iff ``dry_multiplier`` > 0.
+
+    All present ``dry_*`` fields are validated even when DRY is off, so a typo
+    in a value is reported rather than silently ignored.
+    """
+    args = _args(extra_args)
+    kwargs: dict[str, Any] = {}
+
+    multiplier = _get(args, "dry_multiplier")
+    if multiplier is not _MISSING and (not _is_number(multiplier) or multiplier < 0):
+        raise ValueError(f"dry_multiplier must be a number >= 0, got {multiplier!r}")
+
+    base = _get(args, "dry_base")
+    if base is not _MISSING:
+        if not _is_number(base) or base <= 1:
+            raise ValueError(f"dry_base must be a number > 1, got {base!r}")
+        kwargs["base"] = float(base)
+
+    allowed_length = _get(args, "dry_allowed_length")
+    if allowed_length is not _MISSING:
+        kwargs["allowed_length"] = _int_field("dry_allowed_length", allowed_length, 1)
+
+    breakers = _get(args, "dry_sequence_breakers")
+    if breakers is not _MISSING:
+        kwargs["sequence_breakers"] = _breakers_field("dry_sequence_breakers", breakers)
+
+    last_n = _get(args, "dry_penalty_last_n")
+    if last_n is not _MISSING:
+        kwargs["penalty_last_n"] = _int_field("dry_penalty_last_n", last_n, -1)
+
+    if multiplier is _MISSING or multiplier == 0:
+        return None
+    return DryParams(multiplier=float(multiplier), **kwargs)
+
+
+def parse_xtc(extra_args: Mapping[str, Any] | None) -> XtcParams | None:
+    """Parse ``xtc_threshold`` and ``xtc_probability``.
+
+    XTC is on iff ``xtc_probability`` > 0 and ``xtc_threshold`` is set. Setting
+    only one of them is an error, except ``xtc_probability == 0`` alone, which
+    simply means off.
+    """
+    args = _args(extra_args)
+    threshold = _get(args, "xtc_threshold")
+    probability = _get(args, "xtc_probability")
+
+    if threshold is not _MISSING and (
+        not _is_number(threshold) or not 0 < threshold <= 0.5
+    ):
+        raise ValueError(
+            f"xtc_threshold must be a number in (0, 0.5], got {threshold!r}"
+        )
+    if probability is not _MISSING and (
+        not _is_number(probability) or not 0 <= probability <= 1
+    ):
+        raise ValueError(
+            f"xtc_probability must be a number in [0, 1], got {probability!r}"
+        )
+
+    if probability is _MISSING:
+        if threshold is _MISSING:
+            return None
+        raise ValueError("xtc_threshold is set but xtc_probability is needed too")
+    if probability == 0:
+        return None
+    if threshold is _MISSING:
+        raise ValueError("xtc_probability is set but xtc_threshold is needed too")
+    return XtcParams(threshold=float(threshold), probability=float(probability))

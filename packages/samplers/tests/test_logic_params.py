@@ -1,0 +1,170 @@
+"""Parsing of per-request sampler arguments."""
+
+from __future__ import annotations
+
+import pytest
+
+from vllm_plugin_samplers.params import (
+    DEFAULT_DRY_SEQUENCE_BREAKERS,
+    DryParams,
+    NgramParams,
+    XtcParams,
+    parse_dry,
+    parse_ngram,
+    parse_xtc,
+)
+
+
+@pytest.mark.parametrize("parse", [parse_ngram, parse_dry, parse_xtc])
+def test_off_by_default(parse) -> None:
+    assert parse(None) is None
+    assert parse({}) is None
+    assert parse({"unrelated": 1}) is None
+
+
+@pytest.mark.parametrize("parse", [parse_ngram, parse_dry, parse_xtc])
+def test_extra_args_not_a_dict(parse) -> None:
+    with pytest.raises(ValueError, match="extra_args"):
+        parse([1, 2])
+
+
+# ---- ngram -------------------------------------------------------------------
+
+def test_ngram_valid() -> None:
+    assert parse_ngram({"no_repeat_ngram_size": 3}) == NgramParams(3)
+    assert parse_ngram({"no_repeat_ngram_size": 1}) == NgramParams(1)
+    assert parse_ngram({"no_repeat_ngram_size": None}) is None
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, False, 2.0, 2.5, "3", [3]])
+def test_ngram_invalid(bad) -> None:
+    with pytest.raises(ValueError, match=r"no_repeat_ngram_size must be an integer >= 1, got"):
+        parse_ngram({"no_repeat_ngram_size": bad})
+
+
+# ---- dry ---------------------------------------------------------------------
+
+def test_dry_defaults() -> None:
+    p = parse_dry({"dry_multiplier": 0.8})
+    assert p == DryParams(multiplier=0.8)
+    assert (p.base, p.allowed_length, p.penalty_last_n) == (1.75, 2, 0)
+    assert p.sequence_breakers == DEFAULT_DRY_SEQUENCE_BREAKERS == ("\n", ":", '"', "*")
+
+
+def test_dry_all_fields() -> None:
+    p = parse_dry(
+        {
+            "dry_multiplier": 1,
+            "dry_base": 2,
+            "dry_allowed_length": 3,
+            "dry_sequence_breakers": ["\n", "###"],
+            "dry_penalty_last_n": -1,
+        }
+    )
+    assert p == DryParams(1.0, 2.0, 3, ("\n", "###"), -1)
+    assert isinstance(p.multiplier, float) and isinstance(p.base, float)
+
+
+def test_dry_breakers_json_string() -> None:
+    p = parse_dry({"dry_multiplier": 1.0, "dry_sequence_breakers": '["\\n", ":", "\\""]'})
+    assert p.sequence_breakers == ("\n", ":", '"')
+    p = parse_dry({"dry_multiplier": 1.0, "dry_sequence_breakers": "[]"})
+    assert p.sequence_breakers == ()
+    p = parse_dry({"dry_multiplier": 1.0, "dry_sequence_breakers": ("a",)})
+    assert p.sequence_breakers == ("a",)
+
+
+def test_dry_off() -> None:
+    assert parse_dry({"dry_multiplier": 0}) is None
+    assert parse_dry({"dry_multiplier": 0.0, "dry_base": 2.0}) is None
+    assert parse_dry({"dry_multiplier": None}) is None
+    assert parse_dry({"dry_base": 2.0}) is None
+
+
+def test_dry_fields_validated_even_when_off() -> None:
+    with pytest.raises(ValueError, match="dry_base"):
+        parse_dry({"dry_base": 0.5})
+
+
+@pytest.mark.parametrize(
+    ("field", "bad", "message"),
+    [
+        ("dry_multiplier", -0.1, "dry_multiplier must be a number >= 0, got -0.1"),
+        ("dry_multiplier", "1", "dry_multiplier must be a number >= 0, got '1'"),
+        ("dry_multiplier", True, "dry_multiplier must be a number >= 0, got True"),
+        ("dry_multiplier", float("nan"), "dry_multiplier must be a number >= 0, got nan"),
+        ("dry_base", 0.5, "dry_base must be a number > 1, got 0.5"),
+        ("dry_base", 1, "dry_base must be a number > 1, got 1"),
+        ("dry_base", float("inf"), "dry_base must be a number > 1, got inf"),
+        ("dry_base", "2", "dry_base must be a number > 1, got '2'"),
+        ("dry_allowed_length", 0, "dry_allowed_length must be an integer >= 1, got 0"),
+        ("dry_allowed_length", 2.5, "dry_allowed_length must be an integer >= 1, got 2.5"),
+        ("dry_allowed_length", 2.0, "dry_allowed_length must be an integer >= 1, got 2.0"),
+        ("dry_allowed_length", True, "dry_allowed_length must be an integer >= 1, got True"),
+        ("dry_penalty_last_n", -2, "dry_penalty_last_n must be an integer >= -1, got -2"),
+        ("dry_penalty_last_n", "64", "dry_penalty_last_n must be an integer >= -1, got '64'"),
+        ("dry_sequence_breakers", "\n", "dry_sequence_breakers must be a list of non-empty"),
+        ("dry_sequence_breakers", '"x"', "dry_sequence_breakers must be a list of non-empty"),
+        ("dry_sequence_breakers", [1], "dry_sequence_breakers must be a list of non-empty"),
+        ("dry_sequence_breakers", [""], "dry_sequence_breakers must be a list of non-empty"),
+        ("dry_sequence_breakers", "[1]", "dry_sequence_breakers must be a list of non-empty"),
+        ("dry_sequence_breakers", {"a": 1}, "dry_sequence_breakers must be a list of non-empty"),
+    ],
+)
+def test_dry_invalid(field, bad, message) -> None:
+    args = {"dry_multiplier": 0.8, field: bad}
+    with pytest.raises(ValueError) as info:
+        parse_dry(args)
+    assert str(info.value).startswith(message)
+    assert field in str(info.value)
+
+
+def test_dry_valid_edges() -> None:
+    assert parse_dry({"dry_multiplier": 0.8, "dry_penalty_last_n": 0}).penalty_last_n == 0
+    assert parse_dry({"dry_multiplier": 0.8, "dry_penalty_last_n": 512}).penalty_last_n == 512
+    assert parse_dry({"dry_multiplier": 0.8, "dry_allowed_length": 1}).allowed_length == 1
+    assert parse_dry({"dry_multiplier": 0.8, "dry_base": 1.0001}).base == 1.0001
+
+
+# ---- xtc ---------------------------------------------------------------------
+
+def test_xtc_valid() -> None:
+    assert parse_xtc({"xtc_threshold": 0.1, "xtc_probability": 0.5}) == XtcParams(0.1, 0.5)
+    assert parse_xtc({"xtc_threshold": 0.5, "xtc_probability": 1}) == XtcParams(0.5, 1.0)
+    assert parse_xtc({"xtc_threshold": 0.1, "xtc_probability": 0}) is None
+    assert parse_xtc({"xtc_probability": 0.0}) is None
+    assert parse_xtc({"xtc_threshold": None, "xtc_probability": None}) is None
+
+
+def test_xtc_needs_both() -> None:
+    with pytest.raises(ValueError, match="xtc_probability is needed"):
+        parse_xtc({"xtc_threshold": 0.1})
+    with pytest.raises(ValueError, match="xtc_threshold is needed"):
+        parse_xtc({"xtc_probability": 0.5})
+
+
+@pytest.mark.parametrize(
+    ("field", "bad", "message"),
+    [
+        ("xtc_threshold", 0, r"xtc_threshold must be a number in (0, 0.5], got 0"),
+        ("xtc_threshold", 0.6, r"xtc_threshold must be a number in (0, 0.5], got 0.6"),
+        ("xtc_threshold", -0.1, r"xtc_threshold must be a number in (0, 0.5], got -0.1"),
+        ("xtc_threshold", "0.1", r"xtc_threshold must be a number in (0, 0.5], got '0.1'"),
+        ("xtc_threshold", True, r"xtc_threshold must be a number in (0, 0.5], got True"),
+        ("xtc_probability", 1.5, r"xtc_probability must be a number in [0, 1], got 1.5"),
+        ("xtc_probability", -0.5, r"xtc_probability must be a number in [0, 1], got -0.5"),
+        ("xtc_probability", "1", r"xtc_probability must be a number in [0, 1], got '1'"),
+        ("xtc_probability", float("nan"), r"xtc_probability must be a number in [0, 1], got nan"),
+    ],
+)
+def test_xtc_invalid(field, bad, message) -> None:
+    args = {"xtc_threshold": 0.1, "xtc_probability": 0.5, field: bad}
+    with pytest.raises(ValueError) as info:
+        parse_xtc(args)
+    assert str(info.value) == message
+
+
+def test_params_are_frozen() -> None:
+    p = NgramParams(2)
+    with pytest.raises(AttributeError):
+        p.size = 3  # type: ignore[misc]
