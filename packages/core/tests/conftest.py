@@ -44,3 +44,18 @@ def run_python():
                               timeout=timeout)
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _capture_plugin_logs(caplog):
+    """Plugin loggers live under ``vllm.plugins`` so that vLLM's handler prints
+    them; vLLM stops propagation at ``vllm``, so hand caplog's handler over."""
+    import logging
+
+    log = logging.getLogger("vllm.plugins.core")
+    attach = not logging.getLogger("vllm").propagate
+    if attach:
+        log.addHandler(caplog.handler)
+    yield
+    if attach:
+        log.removeHandler(caplog.handler)

@@ -50,7 +50,7 @@ def test_logs_what_it_registered(caplog):
     def register():
         return ["ArchA", "ArchB"]
 
-    with caplog.at_level(logging.INFO, logger="vllm_plugin_core"):
+    with caplog.at_level(logging.INFO, logger="vllm.plugins.core"):
         assert register() == ["ArchA", "ArchB"]
         assert register() is None
     lines = [r.getMessage() for r in caplog.records if "logs-it" in r.getMessage()]
@@ -62,7 +62,7 @@ def test_failure_logs_one_error_with_plugin_cause_and_fix(caplog):
     def register():
         raise KeyError("missing thing")
 
-    with caplog.at_level(logging.INFO, logger="vllm_plugin_core"):
+    with caplog.at_level(logging.INFO, logger="vllm.plugins.core"):
         assert register() is None
         assert register() is None  # not retried, not logged again
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -90,7 +90,7 @@ def test_version_gate_skips_out_of_range(caplog):
     def register():
         runs.append(1)
 
-    with caplog.at_level(logging.WARNING, logger="vllm_plugin_core"):
+    with caplog.at_level(logging.WARNING, logger="vllm.plugins.core"):
         register()
     assert runs == []
     assert any("future-only supports vLLM >=99" in r.getMessage() for r in caplog.records)

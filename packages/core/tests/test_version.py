@@ -31,7 +31,7 @@ def test_gate_as_call_and_decorator(caplog, monkeypatch):
     def register():
         return "ran"
 
-    with caplog.at_level(logging.WARNING, logger="vllm_plugin_core"):
+    with caplog.at_level(logging.WARNING, logger="vllm.plugins.core"):
         assert register() is None
         assert register() is None
     warnings = [r.getMessage() for r in caplog.records if "future-plugin" in r.getMessage()]

@@ -85,8 +85,8 @@ def test_ngram_banned_sets_equal_transformers():
     """Differential test of the per-step banned sets against transformers."""
     from transformers import NoRepeatNGramLogitsProcessor
 
-    from vllm_plugin_samplers.processors import Context, NgramState
     from vllm_plugin_samplers.params import NgramParams
+    from vllm_plugin_samplers.processors import Context, NgramState
 
     rng = random.Random(7)
     for _ in range(60):

@@ -18,7 +18,7 @@ from importlib.metadata import entry_points
 
 from vllm_plugin_core.guard import plugin_entry_point
 
-logger = logging.getLogger("vllm_plugin_core")
+logger = logging.getLogger("vllm.plugins.core")
 
 SETTINGS_GROUP = "vllm_plugin_core.settings"
 

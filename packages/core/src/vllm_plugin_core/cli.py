@@ -265,7 +265,7 @@ def _table(rows: list[Row], env: dict[str, Any]) -> str:
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     lines.append("")
     for row in table:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
     broken = [r for r in rows if r.broken]
     if not rows:
         lines.append("(no vLLM plugins installed)")

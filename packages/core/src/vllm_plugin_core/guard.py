@@ -9,6 +9,9 @@ function safe:
 * what it registered is logged at INFO, once;
 * a failure logs ONE error naming the plugin, the cause and the fix, and vLLM
   keeps running -- unless ``VLLM_PLUGIN_STRICT=1``, where it propagates.
+
+Core logs under ``vllm.plugins.core`` (plugins under ``vllm.plugins.<name>``),
+so vLLM's own handler prints the lines with vLLM's format and level.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, TypeVar
 
 __all__ = ["PluginRegistrationError", "plugin_entry_point", "reset_for_tests"]
 
-logger = logging.getLogger("vllm_plugin_core")
+logger = logging.getLogger("vllm.plugins.core")
 
 F = TypeVar("F", bound=Callable[..., Any])
 

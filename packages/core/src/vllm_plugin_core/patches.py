@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Patch", "PatchConflictError", "PatchError", "PatchRegistry", "REGISTRY"]
+__all__ = ["REGISTRY", "Patch", "PatchConflictError", "PatchError", "PatchRegistry"]
 
-logger = logging.getLogger("vllm_plugin_core")
+logger = logging.getLogger("vllm.plugins.core")
 
 _MISSING = object()
 

@@ -18,15 +18,15 @@ from packaging.version import Version
 
 __all__ = [
     "SUPPORTED_VLLM",
-    "VllmNotInstalledError",
     "UnsupportedVllmVersion",
+    "VllmNotInstalledError",
+    "require_vllm_installed",
     "requires_vllm",
     "vllm_distribution",
     "vllm_version",
-    "require_vllm_installed",
 ]
 
-logger = logging.getLogger("vllm_plugin_core")
+logger = logging.getLogger("vllm.plugins.core")
 
 #: The vLLM range this project supports.
 SUPPORTED_VLLM = ">=0.29,<0.34"

@@ -23,7 +23,7 @@ from vllm_plugin_samplers.dry import DryMatcher, breaker_token_ids
 from vllm_plugin_samplers.ngram import NgramIndex
 from vllm_plugin_samplers.xtc import should_apply, xtc_mask
 
-logger = logging.getLogger("vllm_plugin_samplers")
+logger = logging.getLogger("vllm.plugins.samplers")
 
 __all__ = ["DryLogitsProcessor", "NoRepeatNgramLogitsProcessor", "XtcLogitsProcessor"]
 

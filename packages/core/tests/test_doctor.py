@@ -1,0 +1,84 @@
+"""``vllm-plugins doctor`` and ``list`` against real installed plugins."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "vllm_plugin_core.cli"]
+
+
+def run_cli(*args: str, pythonpath: Path | None = None, env: dict[str, str] | None = None):
+    full = {k: v for k, v in os.environ.items() if k != "VLLM_PLUGINS"}
+    if pythonpath is not None:
+        full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), full.get("PYTHONPATH")]))
+    full.update(env or {})
+    return subprocess.run([*CLI, *args], env=full, capture_output=True, text=True, timeout=600)
+
+
+def test_console_script_is_installed():
+    assert shutil.which("vllm-plugins") or Path(sys.executable).with_name("vllm-plugins").exists()
+
+
+def test_list_is_metadata_only_and_shows_core():
+    out = run_cli("list", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    rows = {(r["group"], r["name"]): r for r in data["plugins"]}
+    core = rows[("vllm.general_plugins", "core")]
+    assert core["distribution"] == "vllm-plugin-core" and core["imports"] == "not checked"
+    assert core["vllm_range"] and core["in_range"] is True
+    assert data["environment"]["vllm_version"]
+
+
+@pytest.mark.engine
+def test_doctor_broken_filtered_healthy(test_plugins_dir: Path):
+    """A venv path holding a broken plugin, a filtered plugin and a healthy one."""
+    env = {"VLLM_PLUGINS": "core,test_healthy,test_broken"}
+    out = run_cli("doctor", "--json", pythonpath=test_plugins_dir, env=env)
+    assert out.returncode == 1, "a broken plugin makes doctor exit non-zero"
+    data = json.loads(out.stdout)
+    rows = {r["name"]: r for r in data["plugins"]}
+
+    healthy = rows["test_healthy"]
+    assert (healthy["imports"], healthy["enabled"], healthy["broken"]) == ("ok", True, False)
+    assert healthy["distribution"] == "vpc-test-healthy" and healthy["version"] == "1.0"
+
+    filtered = rows["test_failing"]
+    assert filtered["enabled"] is False and "filtered out by VLLM_PLUGINS" in filtered["filter_note"]
+
+    broken = rows["test_broken"]
+    assert broken["broken"] and broken["imports"] == "error"
+    assert "vpc_test_module_that_does_not_exist" in broken["problem"]
+    assert "vpc-test-broken" in broken["fix"] and "VLLM_PLUGINS" in broken["fix"]
+
+    # The real platform vLLM would activate in this session.
+    assert data["environment"]["platform"].endswith("CpuPlatform")
+
+    table = run_cli("doctor", pythonpath=test_plugins_dir, env=env)
+    assert table.returncode == 1
+    assert "BROKEN" in table.stdout and "fix:" in table.stdout
+    assert "Platform vLLM would activate: vllm.platforms.cpu.CpuPlatform" in table.stdout
+
+
+@pytest.mark.engine
+def test_doctor_survives_a_hanging_plugin(tmp_path: Path):
+    """A plugin whose import hangs costs one timeout; the rest is still checked."""
+    pkg = tmp_path / "src"
+    (pkg / "vpc_hang").mkdir(parents=True)
+    (pkg / "vpc_hang" / "__init__.py").write_text("import time\ntime.sleep(600)\n")
+    dist = pkg / "vpc_hang-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vpc-hang\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[vllm.stat_logger_plugins]\nhang = vpc_hang:Logger\n")
+    out = run_cli("doctor", "--json", "--timeout", "5", pythonpath=pkg)
+    data = json.loads(out.stdout)
+    rows = {r["name"]: r for r in data["plugins"]}
+    assert rows["hang"]["imports"] == "timeout" and out.returncode == 1
+    assert rows["core"]["imports"] == "ok"
