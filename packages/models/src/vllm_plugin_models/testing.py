@@ -1,4 +1,5 @@
-"""Small random-weight NanoChat checkpoints saved by transformers itself."""
+"""Small random-weight NanoChat checkpoints saved by transformers itself
+(for tests and the demo), cached by content like core's test models."""
 
 from __future__ import annotations
 
