@@ -5,7 +5,10 @@ built here (no hub, no internet).
 2. starts ``vllm serve`` with the plugins installed and the stats logger on;
 3. shows each sampler changing generation through ``vllm_xargs`` with the
    official ``openai`` client, and a bad argument answered with HTTP 400;
-4. stops the server with SIGTERM and prints the JSON Lines stats it wrote.
+4. stops the server with SIGTERM and prints the JSON Lines stats it wrote;
+5. serves a NanoChat checkpoint (vllm-plugin-models) offline, once under its
+   own architecture name and once renamed through an alias, next to
+   transformers' greedy tokens for the same prompt.
 """
 
 from __future__ import annotations
@@ -64,8 +67,44 @@ def main() -> int:
         rec = json.loads(line)
         keys = {k: rec[k] for k in list(rec)[:8]}
         print(f"[demo]   {rec['type']:<8} {json.dumps(keys)[:150]}")
+    nanochat_demo()
     print(f"[demo] done in {time.monotonic() - t0:.0f} s")
     return 0
+
+
+def nanochat_demo() -> None:
+    """NanoChat through vllm-plugin-models, offline, in a child process with an alias."""
+    import os
+    import subprocess
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from vllm_plugin_models.testing import build_nanochat, renamed_copy
+
+    path = build_nanochat("gqa-3l")
+    renamed = renamed_copy(path, Path(tempfile.mkdtemp()) / "acme", "AcmeChatForCausalLM")
+    prompt = [11, 42, 7, 99, 42, 7]
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    print(f"[demo] models    transformers NanoChat greedy      -> {ref[0, len(prompt):].tolist()}")
+    code = (
+        "from vllm import SamplingParams\n"
+        "from vllm_plugin_core.testing.pytest_plugin import make_llm\n"
+        "if __name__ == '__main__':\n"
+        "    import sys\n"
+        "    llm = make_llm(sys.argv[1])\n"
+        f"    o = llm.generate([{{'prompt_token_ids': {prompt!r}}}], SamplingParams(max_tokens=12, temperature=0,"
+        " ignore_eos=True), use_tqdm=False)\n"
+        "    print('TOKENS', list(o[0].outputs[0].token_ids))\n"
+    )
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+           "VLLM_PLUGIN_MODELS_ALIASES": "AcmeChatForCausalLM=NanoChatForCausalLM"}
+    for label, target in (("vLLM NanoChatForCausalLM", path), ("vLLM alias AcmeChatForCausalLM", renamed)):
+        out = subprocess.run([sys.executable, "-c", code, str(target)], env=env, capture_output=True, text=True)
+        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("TOKENS")), None)
+        print(f"[demo] models    {label:<32} -> {line[7:] if line else 'FAILED: ' + out.stderr[-500:]}")
 
 
 if __name__ == "__main__":

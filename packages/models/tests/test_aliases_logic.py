@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from vllm_plugin_models.aliases import AliasError, parse_aliases, register_aliases
 
 

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+
 from vllm_plugin_models.testing import build_nanochat, renamed_copy
 
 pytestmark = pytest.mark.engine
