@@ -41,7 +41,9 @@ TEST_DEPS = ["pytest>=8", "openai>=1.0", "transformers", "tokenizers", "safetens
              # it ships only an sdist that downloads the binary from GitHub when it
              # builds, which fails where GitHub is unreachable; the test uses any
              # actionlint on PATH and the workflow's lint job runs actionlint itself.
-             "nox>=2025.2.9", "check-jsonschema", "pyyaml"]
+             "nox>=2025.2.9", "check-jsonschema", "pyyaml",
+             # lora-store's S3 path against a real S3-compatible server on loopback.
+             "boto3", "moto[server]"]
 #: Where ``build`` writes every package's wheel and sdist (and ``install_alone`` reads them).
 DIST = ROOT / "dist"
 #: The distribution every plugin depends on; ``install_alone`` checks the others.

@@ -1,5 +1,6 @@
 """Cross-package tests: ONE ``vllm serve`` per vLLM version with every plugin
-that can be active at once (core, samplers, stats), shared by all modules.
+that can be active at once (core, models, samplers, stats, lora-store reading
+an S3-compatible server on loopback), shared by all modules.
 
 Tests marked ``shutdown`` stop that server and run last.
 """
@@ -31,9 +32,59 @@ def stats_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("stats")
 
 
+#: Adapters put in the S3 store: name -> how to spoil a copy of the good one.
+ADAPTERS = ("good", "conc", "pickled", "wrongbase", "notlora")
+
+
+def _upload_adapters(client, bucket: str, prefix: str, adapter: Path) -> None:
+    import json
+
+    client.create_bucket(Bucket=bucket)
+    files = {f.name: f.read_bytes() for f in adapter.iterdir() if f.is_file() and not f.name.startswith(".")
+             and f.name != "spec.json"}
+    config = json.loads(files["adapter_config.json"])
+    for name in ADAPTERS:
+        these = dict(files)
+        if name == "pickled":
+            these["adapter_model.bin"] = these.pop("adapter_model.safetensors")
+        elif name == "wrongbase":
+            these["adapter_config.json"] = json.dumps({**config, "base_model_name_or_path": "someone/else"}).encode()
+        elif name == "notlora":
+            these["adapter_config.json"] = json.dumps({**config, "peft_type": "IA3"}).encode()
+        for fname, data in these.items():
+            client.put_object(Bucket=bucket, Key=f"{prefix}/{name}/{fname}", Body=data)
+
+
 @pytest.fixture(scope="session")
-def shared_server(tiny_causal_lm: Path, stats_dir: Path):
+def s3_env(tiny_lora_adapter: Path):
+    """A real S3-compatible server (moto in server mode) on loopback holding
+    adapters, and the AWS SDK environment that points at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from vllm_plugin_core.testing.server import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+    _upload_adapters(client, "adapters", "v1", tiny_lora_adapter)
+    yield env
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_server(tiny_causal_lm: Path, stats_dir: Path, s3_env: dict[str, str],
+                  tmp_path_factory: pytest.TempPathFactory):
     env = {
+        **s3_env,
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
+        "VLLM_PLUGIN_LORA_STORE_URI": "s3://adapters/v1",
+        "VLLM_PLUGIN_LORA_STORE_CACHE_DIR": str(tmp_path_factory.mktemp("lora-cache")),
+        "VLLM_PLUGIN_LORA_STORE_MAX_LORA_RANK": "8",
         "VLLM_PLUGIN_STATS_PATH": str(stats_dir / "stats.jsonl"),
         "VLLM_PLUGIN_STATS_REQUESTS": "1",
         "VLLM_PLUGIN_STRICT": "0",
@@ -41,7 +92,8 @@ def shared_server(tiny_causal_lm: Path, stats_dir: Path):
         UNDECLARED: "1",
     }
     env = {**{k: v for k, v in os.environ.items() if k != "VLLM_PLUGINS"}, **env}
-    server = VllmServer(tiny_causal_lm, ["--max-model-len", "512", "--max-num-seqs", "8"], env,
+    server = VllmServer(tiny_causal_lm, ["--max-model-len", "512", "--max-num-seqs", "8",
+                                         "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2"], env,
                         served_model_name="tiny")
     server.start()
     print(f"\nshared vllm serve ready in {server.startup_seconds:.0f} s at {server.url}")
