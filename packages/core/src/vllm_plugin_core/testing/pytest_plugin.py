@@ -35,6 +35,9 @@ CPU_LLM_KWARGS: dict[str, Any] = {
     "enforce_eager": True,
     "dtype": "float32",
     "gpu_memory_utilization": 0.2,
+    # An explicit KV-cache size: the CPU backend otherwise sizes it from this
+    # process's RSS, which grows over a test session and can leave nothing.
+    "kv_cache_memory_bytes": 256 * 1024 * 1024,
     "max_model_len": 512,
 }
 

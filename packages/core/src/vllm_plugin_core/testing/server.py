@@ -25,8 +25,11 @@ from typing import Any
 
 __all__ = ["CPU_ARGS", "ServerStartError", "VllmServer", "free_port"]
 
-#: Arguments that make a tiny model start on a CPU build of vLLM.
-CPU_ARGS = ("--enforce-eager", "--dtype", "float32", "--gpu-memory-utilization", "0.2")
+#: Arguments that make a tiny model start on a CPU build of vLLM. An explicit
+#: KV-cache size (256 MiB) keeps the start independent of how much memory the
+#: machine's other processes use at that moment.
+CPU_ARGS = ("--enforce-eager", "--dtype", "float32", "--gpu-memory-utilization", "0.2",
+            "--kv-cache-memory-bytes", str(256 * 1024 * 1024))
 
 
 class ServerStartError(RuntimeError):
