@@ -24,7 +24,7 @@ import nox
 import tomllib
 
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["lint", "build", "install_alone", "tests"]
+nox.options.sessions = ["lint", "build", "install_alone", "docs", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
@@ -225,3 +225,19 @@ def install_alone(session: nox.Session) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     session.log(f"install_alone took {time.monotonic() - t0:.0f} s "
                 f"({', '.join(f'{d} {s:.0f} s' for d, s in durations.items())})")
+
+
+#: The documentation site's tools (mkdocstrings reads the sources statically: no vLLM needed).
+DOCS_DEPS = ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"]
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site into site/: mkdocs build --strict (warnings are errors).
+    docs/_gen/hooks.py generates the plugin pages (each packages/*/README.md), the
+    settings tables, the compatibility table and the doctor page during the build."""
+    t0 = time.monotonic()
+    session.install(*[arg for pkg in PACKAGES for arg in ("-e", f"packages/{pkg}")], *DOCS_DEPS)
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs,
+                env={"NO_MKDOCS_2_WARNING": "1"})
+    session.log(f"docs took {time.monotonic() - t0:.0f} s")

@@ -32,10 +32,15 @@ def timed(fn, steps: int) -> float:
 
 
 def main() -> None:
+    # DRY resolves sequence breakers through the model's tokenizer; the
+    # benchmark has no model, so two token ids stand in for the breakers.
+    import types
+
     from transformers import NoRepeatNGramLogitsProcessor
     from vllm import SamplingParams
     from vllm.v1.sample.ops.topk_topp_sampler import TopKTopPSampler
 
+    import vllm_plugin_samplers.processors as mod
     from vllm_plugin_core import compat
     from vllm_plugin_samplers.processors import (
         DryLogitsProcessor,
@@ -43,12 +48,19 @@ def main() -> None:
         XtcLogitsProcessor,
     )
 
+    mod._breakers = lambda *a: frozenset({0, 1})
+    CONFIG = types.SimpleNamespace(model_config=types.SimpleNamespace(
+        tokenizer="none", trust_remote_code=False, tokenizer_revision=None))
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="batch 1 and 32 only")
     args = parser.parse_args()
     BatchUpdate, _ = compat.batch_update_types()
     torch.manual_seed(0)
     rng = random.Random(0)
+    from vllm.platforms import current_platform
+
+    current_platform.import_kernels()  # vLLM's CPU kernels, as its worker loads them
     sampler = TopKTopPSampler()
     batches = [1, 32] if args.quick else [1, 32, 256]
     print(f"torch threads: {torch.get_num_threads()}")
@@ -68,18 +80,18 @@ def main() -> None:
                 row: dict[str, float] = {}
 
                 def proc_step(cls, extra, active=True):
-                    p = cls(None, torch.device("cpu"), False)
-                    if cls is DryLogitsProcessor:
-                        import vllm_plugin_samplers.processors as mod
-                        mod._breakers = lambda *a: frozenset({0, 1})
+                    p = cls(CONFIG, torch.device("cpu"), False)
                     outs = [[] for _ in range(batch)]
                     added = [(i, SamplingParams(extra_args=extra if active else None, seed=i),
                               prompts[i], outs[i]) for i in range(batch)]
                     p.update_state(BatchUpdate(batch_size=batch, removed=[], added=added, moved=[]))
 
+                    new_tokens = [rng.randrange(vocab) for _ in range(batch)]
+
                     def step():
-                        for o in outs:
-                            o.append(rng.randrange(vocab))
+                        if active:  # the engine appends each request's new token
+                            for o, t in zip(outs, new_tokens, strict=True):
+                                o.append(t)
                         p.update_state(None)
                         p.apply(logits)
                     return step

@@ -1,6 +1,8 @@
 """``vllm-plugins``: list and diagnose installed vLLM plugins.
 
 ``vllm-plugins list`` reads entry-point metadata only (fast).
+``vllm-plugins new <name> --group <group>`` generates a plugin package
+(see :mod:`vllm_plugin_core.scaffold`).
 ``vllm-plugins doctor`` also imports every entry point in a child process
 with a timeout (so a broken or hanging plugin cannot take the command down),
 checks each distribution's declared vLLM range against the running vLLM and
@@ -285,7 +287,16 @@ def main(argv: list[str] | None = None) -> int:
         if name == "doctor":
             p.add_argument("--timeout", type=float, default=120.0,
                            help="seconds allowed per import (default 120)")
+    from vllm_plugin_core import scaffold
+
+    p = sub.add_parser("new", help="generate a plugin package (vllm-plugin-<name>) from a template")
+    p.add_argument("name", help="plugin name: lowercase letters, digits, hyphens (e.g. my-plugin)")
+    p.add_argument("--group", required=True, choices=list(scaffold.GROUPS),
+                   help="which vLLM plugin group the package plugs into")
+    p.add_argument("--dest", default="packages", help="parent folder of the package (default: packages)")
     args = parser.parse_args(argv)
+    if args.command == "new":
+        return scaffold.main(args.name, args.group, args.dest)
     if args.command == "list":
         rows, env = collect(), environment()
     else:

@@ -29,7 +29,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from vllm_plugin_core.version import require_vllm_installed, version_in
+from vllm_plugin_core.version import VllmNotInstalledError, require_vllm_installed, version_in
 
 __all__ = [
     "io_processor_shapes_response_in_post_process",
@@ -211,10 +211,14 @@ def register_env_vars(names: Iterable[str]) -> list[str]:
     ``fail_on_environ_validation``) for any ``VLLM_*`` variable missing from
     ``vllm.envs.environment_variables``.
     """
-    require_vllm_installed("environment validation")
     import os
 
-    import vllm.envs as envs
+    try:
+        import vllm.envs as envs
+    except ImportError as exc:
+        raise VllmNotInstalledError(
+            "environment validation needs vLLM, but `import vllm` fails: install vLLM first"
+        ) from exc
 
     added = []
     for name in names:

