@@ -77,10 +77,24 @@ def s3_env(tiny_lora_adapter: Path):
 
 
 @pytest.fixture(scope="session")
+def registrations_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Each vLLM process where core's test plugin ``vpc-test-healthy`` (a real
+    installed distribution whose registration is wrapped in core's guard)
+    registers appends its pid here."""
+    return tmp_path_factory.mktemp("registrations") / "pids"
+
+
+@pytest.fixture(scope="session")
 def shared_server(tiny_causal_lm: Path, stats_dir: Path, s3_env: dict[str, str],
-                  tmp_path_factory: pytest.TempPathFactory):
+                  tmp_path_factory: pytest.TempPathFactory, registrations_file: Path):
+    from vllm_plugin_core.testing.install import install_into
+
+    extra = install_into(tmp_path_factory.mktemp("extra-plugins"),
+                         Path(__file__).parents[1] / "packages" / "core" / "tests" / "plugins" / "healthy")
     env = {
         **s3_env,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(extra), os.environ.get("PYTHONPATH")])),
+        "VPC_TEST_COUNT_FILE": str(registrations_file),
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
         "VLLM_PLUGIN_LORA_STORE_URI": "s3://adapters/v1",
         "VLLM_PLUGIN_LORA_STORE_CACHE_DIR": str(tmp_path_factory.mktemp("lora-cache")),

@@ -1,32 +1,23 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from vllm_plugin_core.testing.install import install_into
+
 HERE = Path(__file__).parent
-
-
-def _install_target(target: Path, *projects: Path) -> None:
-    uv = shutil.which("uv")
-    if uv:
-        cmd = [uv, "pip", "install", "--python", sys.executable, "--no-deps", "--target", str(target)]
-    else:
-        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target)]
-    subprocess.run([*cmd, *map(str, projects)], check=True, capture_output=True, timeout=300)
 
 
 @pytest.fixture(scope="session")
 def test_plugins_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding three real installed plugin distributions (healthy,
     broken import, failing registration), for PYTHONPATH."""
-    target = tmp_path_factory.mktemp("plugins")
-    _install_target(target, *(HERE / "plugins" / n for n in ("healthy", "broken", "failing")))
-    return target
+    return install_into(tmp_path_factory.mktemp("plugins"),
+                        *(HERE / "plugins" / n for n in ("healthy", "broken", "failing")))
 
 
 @pytest.fixture

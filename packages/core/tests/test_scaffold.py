@@ -11,7 +11,6 @@ pure logic.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,21 +19,7 @@ import pytest
 import tomllib
 
 from vllm_plugin_core import cli, scaffold
-
-
-def _install_target(target: Path, *projects: Path) -> None:
-    """``--no-deps`` install into ``target``, as conftest's helper (not imported:
-    several packages' ``tests/conftest.py`` share the module name), plus
-    ``--no-sources``: outside the workspace, uv refuses the generated
-    ``vllm-plugin-core = { workspace = true }``."""
-    uv = shutil.which("uv")
-    if uv:
-        cmd = [uv, "pip", "install", "--python", sys.executable, "--no-deps", "--no-sources",
-               "--target", str(target)]
-    else:
-        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target)]
-    out = subprocess.run([*cmd, *map(str, projects)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
+from vllm_plugin_core.testing.install import install_into
 
 
 def test_groups_cover_vllm_plugin_groups():
@@ -121,7 +106,7 @@ def test_every_group_generates_passing_package(tmp_path):
     src = tmp_path / "src"
     roots = [scaffold.generate(f"gen-{group.replace('_', '-')}", group, src) for group in scaffold.GROUPS]
     target = tmp_path / "site"
-    _install_target(target, *roots)
+    install_into(target, *roots)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("VLLM_PLUGIN_") or k == "VLLM_PLUGIN_CACHE_DIR"}
     env.pop("VLLM_PLUGINS", None)

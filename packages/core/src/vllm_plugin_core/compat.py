@@ -185,21 +185,40 @@ def platform_method_names() -> dict[str, bool]:
 
 # --- 7. attention backend registration ---
 
+_ATTENTION_BACKENDS: dict[tuple[str, str], Any] = {}
+
+
 def register_attention_backend(name: str, class_path: str) -> Any:
-    """Register an attention backend and return the enum member that selects it.
+    """Register an attention backend (once per process) and return the enum
+    member that selects it.
 
     Why: ``register_backend`` accepts a new string name only from 0.32;
     before, out-of-tree backends use the single ``CUSTOM`` slot.
     Can go: when 0.31 leaves the matrix.
     """
+    key = (name, class_path)
+    if key in _ATTENTION_BACKENDS:
+        return _ATTENTION_BACKENDS[key]
     require_vllm_installed("attention backends")
     from vllm.v1.attention.backends import registry
 
     if version_in(">=0.32"):
         registry.register_backend(name, class_path)
-        return getattr(registry.AttentionBackendEnum, name, name)
-    registry.register_backend(registry.AttentionBackendEnum.CUSTOM, class_path)
-    return registry.AttentionBackendEnum.CUSTOM
+        member = getattr(registry.AttentionBackendEnum, name, name)
+    else:
+        registry.register_backend(registry.AttentionBackendEnum.CUSTOM, class_path)
+        member = registry.AttentionBackendEnum.CUSTOM
+    _ATTENTION_BACKENDS[key] = member
+    return member
+
+
+def attention_backend_name(name: str, class_path: str) -> str:
+    """What the backend's ``get_name()`` must return: vLLM's ``Attention``
+    layer looks it up with ``AttentionBackendEnum[backend.get_name()]``, so
+    before 0.32 a backend in the ``CUSTOM`` slot must call itself ``CUSTOM``.
+    Can go with :func:`register_attention_backend`'s branch."""
+    member = register_attention_backend(name, class_path)
+    return getattr(member, "name", str(member))
 
 
 # --- environment variables ---

@@ -1,0 +1,318 @@
+"""The platform's attention backend, in PyTorch operations only.
+
+KV cache of one layer: the ``[num_blocks, num_kv_heads, block_size,
+2 * head_size]`` view vLLM allocates (keys in ``[..., :head_size]``, values in
+``[..., head_size:]``). Token ``t`` of a request lives in slot
+``block_table[req, t // block_size] * block_size + t % block_size``; the model
+runner computes ``slot_mapping`` for the new tokens.
+
+* ``do_kv_cache_update``: scatter the new keys/values into their slots
+  (``index_put`` on the paged cache; negative slots are padding and skipped).
+* ``forward``: decode requests (one query token) in one batched
+  ``scaled_dot_product_attention`` over their gathered blocks with a
+  key-padding mask; every other request (prefill, chunked prefill, prefill
+  after a prefix-cache hit) on its own, causal mask offset by the number of
+  tokens already in the cache. Grouped-query attention through
+  ``enable_gqa``; a sliding window narrows the mask.
+
+The metadata builder is this module's own (no C++ scheduler metadata): it keeps
+the fields of vLLM's ``CommonAttentionMetadata`` the forward needs, plus their
+host-side lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from vllm.v1.attention.backend import (
+    AttentionBackend,
+    AttentionImpl,
+    AttentionMetadataBuilder,
+    AttentionType,
+    CommonAttentionMetadata,
+    MultipleOf,
+)
+
+from vllm_plugin_torch_native import BACKEND_NAME
+
+#: Calls of this module's code in this process (tests check dispatch).
+CALLS: dict[str, int] = {"kv_cache_update": 0, "forward": 0}
+
+
+class UnsupportedAttentionFeature(NotImplementedError):
+    """A model asks for an attention feature this backend does not implement."""
+
+
+class TorchNativeAttentionBackend(AttentionBackend):
+    forward_includes_kv_cache_update: bool = False
+    accept_output_buffer: bool = True
+
+    supported_dtypes: ClassVar[list[torch.dtype]] = [torch.float32, torch.bfloat16]
+    supported_kv_cache_dtypes: ClassVar[list[str]] = ["auto", "float32", "bfloat16"]
+
+    @staticmethod
+    def get_name() -> str:
+        # "TORCH_NATIVE" from vLLM 0.32; "CUSTOM" before (the single slot
+        # out-of-tree backends had): vLLM's Attention layer looks the name up
+        # in AttentionBackendEnum.
+        from vllm_plugin_core.compat import attention_backend_name
+        from vllm_plugin_torch_native import BACKEND_PATH
+
+        return attention_backend_name(BACKEND_NAME, BACKEND_PATH)
+
+    @staticmethod
+    def get_impl_cls() -> type[TorchNativeAttentionImpl]:
+        return TorchNativeAttentionImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[TorchNativeMetadataBuilder]:
+        return TorchNativeMetadataBuilder
+
+    @staticmethod
+    def get_supported_kernel_block_sizes(*args: Any, **kwargs: Any) -> list[int | MultipleOf]:
+        # 0.31 added a kv_cache_spec argument: accept either form.
+        return [MultipleOf(1)]
+
+    @classmethod
+    def get_supported_head_sizes(cls) -> list[int]:
+        return []  # any head size
+
+    @classmethod
+    def supported_kv_cache_layouts(cls) -> Any:
+        try:
+            from vllm.v1.kv_cache_layout import KVCacheLayout
+        except ImportError:  # pragma: no cover - layouts predate 0.29 here
+            return None
+        return (KVCacheLayout.LBHNC,)
+
+    @classmethod
+    def supports_sliding_window(cls) -> bool:
+        return True
+
+    @classmethod
+    def supports_attn_type(cls, attn_type: str) -> bool:
+        return attn_type == AttentionType.DECODER
+
+    @staticmethod
+    def use_cascade_attention(*args: Any, **kwargs: Any) -> bool:
+        return False
+
+
+@dataclass
+class TorchNativeMetadata:
+    num_actual_tokens: int
+    num_reqs: int
+    max_query_len: int
+    max_seq_len: int
+    query_start_loc: torch.Tensor  # [num_reqs + 1]
+    seq_lens: torch.Tensor  # [num_reqs]
+    block_table: torch.Tensor  # [num_reqs, max_blocks]
+    slot_mapping: torch.Tensor  # [num_actual_tokens]
+    causal: bool = True
+    # host-side copies, computed once per step and shared by every layer
+    query_start_loc_list: list[int] | None = None
+    seq_lens_list: list[int] | None = None
+    decode_reqs: torch.Tensor | None = None  # indices of one-token requests
+    prefill_reqs: list[int] | None = None  # the others
+
+
+class TorchNativeMetadataBuilder(AttentionMetadataBuilder[TorchNativeMetadata]):
+    reorder_batch_threshold: int | None = None
+
+    def __init__(self, kv_cache_spec: Any, layer_names: list[str], vllm_config: Any,
+                 device: torch.device) -> None:
+        super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+
+    def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,
+              fast_build: bool = False) -> TorchNativeMetadata:
+        return metadata_from_common(common_attn_metadata)
+
+
+def metadata_from_common(cm: Any) -> TorchNativeMetadata:
+    """This backend's metadata from vLLM's ``CommonAttentionMetadata`` (duck-typed)."""
+    num_reqs = cm.num_reqs
+    causal = cm.causal
+    if not isinstance(causal, bool):
+        raise UnsupportedAttentionFeature(
+            "torch_native attention: per-token causality (dynamic causal masks) is not supported"
+        )
+    if not causal:
+        raise UnsupportedAttentionFeature("torch_native attention: non-causal attention")
+    qsl_cpu = getattr(cm, "query_start_loc_cpu", None)
+    if qsl_cpu is None:
+        qsl_cpu = cm.query_start_loc
+    qsl = qsl_cpu[: num_reqs + 1].tolist()
+    seq_lens = cm.seq_lens[:num_reqs].cpu().tolist()
+    q_lens = [qsl[i + 1] - qsl[i] for i in range(num_reqs)]
+    decode = [i for i, n in enumerate(q_lens) if n == 1]
+    prefill = [i for i, n in enumerate(q_lens) if n > 1]
+    return TorchNativeMetadata(
+        num_actual_tokens=cm.num_actual_tokens,
+        num_reqs=num_reqs,
+        max_query_len=cm.max_query_len,
+        max_seq_len=cm.max_seq_len,
+        query_start_loc=cm.query_start_loc,
+        seq_lens=cm.seq_lens,
+        block_table=cm.block_table_tensor,
+        slot_mapping=cm.slot_mapping,
+        causal=causal,
+        query_start_loc_list=qsl,
+        seq_lens_list=seq_lens,
+        decode_reqs=torch.tensor(decode, dtype=torch.long) if decode else None,
+        prefill_reqs=prefill,
+    )
+
+
+def write_kv(kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Scatter ``key``/``value`` ``[T, H_kv, D]`` into the paged cache by slot."""
+    n = slot_mapping.shape[0]
+    key, value = key[:n], value[:n]
+    slots = slot_mapping.long()
+    valid = slots >= 0
+    if not bool(valid.all()):
+        slots, key, value = slots[valid], key[valid], value[valid]
+    block_size = kv_cache.shape[2]
+    head_size = key.shape[-1]
+    blocks = torch.div(slots, block_size, rounding_mode="floor")
+    offsets = slots % block_size
+    # advanced indices around a slice: the indexed view is [T, H_kv, D]
+    kv_cache[blocks, :, offsets, :head_size] = key.to(kv_cache.dtype)
+    kv_cache[blocks, :, offsets, head_size:] = value.to(kv_cache.dtype)
+
+
+def gather_kv(kv_cache: torch.Tensor, block_ids: torch.Tensor, head_size: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of ``block_ids`` (``[..., nb]``) as ``[..., H_kv, nb * block_size, D]``."""
+    blocks = kv_cache[block_ids]  # [..., nb, H, N, 2D]
+    lead = blocks.shape[:-4]
+    nb, h, bs = blocks.shape[-4], blocks.shape[-3], blocks.shape[-2]
+    blocks = blocks.movedim(-3, -4)  # [..., H, nb, N, 2D]
+    blocks = blocks.reshape(*lead, h, nb * bs, 2 * head_size)
+    return blocks[..., :head_size], blocks[..., head_size:]
+
+
+def allowed_mask(q_pos: torch.Tensor, k_len: int, sliding_window: int | None) -> torch.Tensor:
+    """``[len(q_pos), k_len]`` bool: key ``j`` visible to a query at position ``p``."""
+    k_pos = torch.arange(k_len, device=q_pos.device)
+    mask = k_pos[None, :] <= q_pos[:, None]
+    if sliding_window is not None:
+        mask &= (q_pos[:, None] - k_pos[None, :]) < sliding_window
+    return mask
+
+
+class TorchNativeAttentionImpl(AttentionImpl[TorchNativeMetadata]):
+    def __init__(
+        self,
+        num_heads: int,
+        head_size: int,
+        scale: float,
+        num_kv_heads: int | None = None,
+        alibi_slopes: list[float] | None = None,
+        sliding_window: int | None = None,
+        kv_cache_dtype: str = "auto",
+        logits_soft_cap: float | None = None,
+        attn_type: str = AttentionType.DECODER,
+        kv_sharing_target_layer_name: str | None = None,
+        sinks: torch.Tensor | None = None,
+        **extra: Any,
+    ) -> None:
+        unsupported = []
+        if alibi_slopes is not None:
+            unsupported.append("ALiBi")
+        if logits_soft_cap:
+            unsupported.append(f"logits soft cap ({logits_soft_cap})")
+        if sinks is not None:
+            unsupported.append("attention sinks")
+        if attn_type != AttentionType.DECODER:
+            unsupported.append(f"attention type {attn_type}")
+        if kv_cache_dtype not in ("auto", "float32", "bfloat16"):
+            unsupported.append(f"kv_cache_dtype={kv_cache_dtype}")
+        if unsupported:
+            raise UnsupportedAttentionFeature(
+                "the torch_native platform's attention does not support: " + ", ".join(unsupported)
+                + ". Unset VLLM_PLUGIN_TORCH_NATIVE to use vLLM's own CPU platform."
+            )
+        self.num_heads = num_heads
+        self.head_size = head_size
+        self.scale = float(scale)
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.sliding_window = sliding_window if sliding_window and sliding_window > 0 else None
+        self.kv_cache_dtype = kv_cache_dtype
+        self.attn_type = attn_type
+        self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
+        self.gqa = self.num_kv_heads != self.num_heads
+
+    # -- cache write ---------------------------------------------------------
+    def do_kv_cache_update(self, layer: Any, key: torch.Tensor, value: torch.Tensor,
+                           kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+        CALLS["kv_cache_update"] += 1
+        if kv_cache.numel() == 0:
+            return
+        write_kv(kv_cache, key, value, slot_mapping)
+
+    # -- attention -----------------------------------------------------------
+    def forward(self, layer: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                kv_cache: torch.Tensor, attn_metadata: TorchNativeMetadata | None,
+                output: torch.Tensor | None = None, output_scale: torch.Tensor | None = None,
+                output_block_scale: torch.Tensor | None = None, **extra: Any) -> torch.Tensor:
+        if output_scale is not None or output_block_scale is not None:
+            raise UnsupportedAttentionFeature("torch_native attention: fused output quantization")
+        if output is None:
+            output = torch.empty_like(query)
+        if attn_metadata is None:  # profiling / warm-up run
+            return output
+        CALLS["forward"] += 1
+        m = attn_metadata
+        qsl, seq_lens = m.query_start_loc_list, m.seq_lens_list
+        d = self.head_size
+        if m.decode_reqs is not None:
+            self._decode(query, kv_cache, m, output)
+        for i in m.prefill_reqs or ():
+            q0, q1 = qsl[i], qsl[i + 1]
+            seq_len = seq_lens[i]
+            q_len = q1 - q0
+            context = seq_len - q_len
+            block_size = kv_cache.shape[2]
+            nb = (seq_len + block_size - 1) // block_size
+            k, v = gather_kv(kv_cache, m.block_table[i, :nb].long(), d)  # [H_kv, S', D]
+            k, v = k[:, :seq_len], v[:, :seq_len]
+            q = query[q0:q1].transpose(0, 1)  # [H, q_len, D]
+            if context == 0 and self.sliding_window is None:
+                out = F.scaled_dot_product_attention(
+                    q, k.to(q.dtype), v.to(q.dtype), is_causal=True, scale=self.scale,
+                    enable_gqa=self.gqa)
+            else:
+                q_pos = torch.arange(context, seq_len, device=q.device)
+                mask = allowed_mask(q_pos, seq_len, self.sliding_window)
+                out = F.scaled_dot_product_attention(
+                    q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=self.scale,
+                    enable_gqa=self.gqa)
+            output[q0:q1] = out.transpose(0, 1).to(output.dtype)
+        return output
+
+    def _decode(self, query: torch.Tensor, kv_cache: torch.Tensor, m: TorchNativeMetadata,
+                output: torch.Tensor) -> None:
+        reqs = m.decode_reqs
+        assert reqs is not None
+        qsl = m.query_start_loc_list
+        rows = torch.tensor([qsl[i] for i in reqs.tolist()], dtype=torch.long)
+        lens = m.seq_lens[:m.num_reqs].index_select(0, reqs).long()  # [B]
+        max_len = int(lens.max())
+        block_size = kv_cache.shape[2]
+        nb = (max_len + block_size - 1) // block_size
+        block_ids = m.block_table.index_select(0, reqs)[:, :nb].long()  # [B, nb]
+        k, v = gather_kv(kv_cache, block_ids, self.head_size)  # [B, H_kv, nb*N, D]
+        k, v = k[:, :, :max_len], v[:, :, :max_len]
+        q = query.index_select(0, rows).unsqueeze(2)  # [B, H, 1, D]
+        k_pos = torch.arange(max_len)
+        mask = k_pos[None, :] < lens[:, None]  # [B, S]
+        if self.sliding_window is not None:
+            mask &= (lens[:, None] - 1 - k_pos[None, :]) < self.sliding_window
+        out = F.scaled_dot_product_attention(
+            q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask[:, None, None, :], scale=self.scale,
+            enable_gqa=self.gqa)  # [B, H, 1, D]
+        output.index_copy_(0, rows, out.squeeze(2).to(output.dtype))

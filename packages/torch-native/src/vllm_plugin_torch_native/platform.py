@@ -1,0 +1,184 @@
+"""``TorchNativePlatform``: vLLM's ``CpuPlatform`` plumbing, this package's compute.
+
+Own (this package):
+
+* identity: ``PlatformEnum.OOT``, ``get_device_name() == "torch_native"``
+  (``device_name`` stays ``"cpu"``: vLLM turns an OOT platform's
+  ``device_name`` into a torch device);
+* ``get_attn_backend_cls``: always this package's attention backend
+  (:mod:`.attention`), registered in vLLM's attention-backend registry;
+* custom ops (:mod:`.ops`): RMSNorm, fused add-RMSNorm, SiLU-and-mul, rotary
+  embedding, dispatched through ``forward_oot`` because the platform is OOT;
+* ``check_and_update_config``: refuses at engine start what is not supported
+  (dtype other than float32/bfloat16, quantization, quantized KV cache,
+  tensor/pipeline parallelism > 1, speculative decoding, LoRA, MLA, pooling
+  models), and runs the model eagerly (no torch.compile).
+
+Reused from ``CpuPlatform`` (inherited, unchanged): the worker
+(``vllm.v1.worker.cpu_worker.CPUWorker``, subclassed by :mod:`.worker` only
+to skip the sleep-mode allocator, and its ``CPUModelRunner``: memory
+accounting, thread binding, KV-cache allocation, sampling), the device
+communicator, memory queries, block-size defaults and environment set-up
+(OpenMP/tcmalloc preloads). Linear layers and embeddings use torch's own
+``F.linear``/``F.embedding`` here because vLLM picks its CPU GEMM only when
+``is_cpu()`` is true, which it is not for an OOT platform.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from vllm.platforms.cpu import CpuPlatform
+from vllm.platforms.interface import PlatformEnum
+
+from vllm_plugin_torch_native import BACKEND_NAME, BACKEND_PATH
+
+logger = logging.getLogger("vllm.plugins.torch_native")
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
+WORKER_PATH = "vllm_plugin_torch_native.worker.TorchNativeWorker"
+
+
+class UnsupportedConfiguration(ValueError):
+    """The engine configuration asks for something the torch_native platform lacks."""
+
+
+def _fail(what: str, fix: str) -> None:
+    raise UnsupportedConfiguration(
+        f"torch_native platform (VLLM_PLUGIN_TORCH_NATIVE=1): {what} is not supported. {fix} "
+        "Or unset VLLM_PLUGIN_TORCH_NATIVE to use vLLM's own CPU platform."
+    )
+
+
+def check_supported(vllm_config: Any) -> None:
+    """Raise :class:`UnsupportedConfiguration` for what the platform does not do."""
+    model_config = vllm_config.model_config
+    if model_config is not None:
+        dtype = model_config.dtype
+        if dtype not in SUPPORTED_DTYPES:
+            _fail(f"dtype {str(dtype).replace('torch.', '')}",
+                  "Pass dtype='float32' (--dtype float32) or dtype='bfloat16'.")
+        if getattr(model_config, "quantization", None):
+            _fail(f"quantization ({model_config.quantization})", "Use an unquantized checkpoint.")
+        if getattr(model_config, "use_mla", False):
+            _fail("multi-head latent attention (MLA models)", "Use a model with standard attention.")
+        runner = getattr(model_config, "runner_type", "generate")
+        if runner not in ("generate", None):
+            _fail(f"the {runner!r} runner (pooling/embedding models)", "Use a generative model.")
+    cache_config = vllm_config.cache_config
+    if cache_config is not None and cache_config.cache_dtype not in ("auto", "float32", "bfloat16"):
+        _fail(f"kv_cache_dtype={cache_config.cache_dtype!r}", "Leave kv_cache_dtype at 'auto'.")
+    pc = vllm_config.parallel_config
+    if pc.tensor_parallel_size > 1 or pc.pipeline_parallel_size > 1:
+        _fail(f"tensor_parallel_size={pc.tensor_parallel_size}, "
+              f"pipeline_parallel_size={pc.pipeline_parallel_size} (not yet)",
+              "Run with one worker (tensor_parallel_size=1).")
+    if getattr(pc, "data_parallel_size", 1) > 1:
+        _fail(f"data_parallel_size={pc.data_parallel_size}", "Run one engine.")
+    if getattr(vllm_config, "speculative_config", None) is not None:
+        _fail("speculative decoding", "Drop speculative_config.")
+    if getattr(vllm_config, "lora_config", None) is not None:
+        _fail("LoRA (not yet)", "Drop enable_lora.")
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def install_accelerator_noops() -> list[str]:
+    """No-op ``torch.accelerator`` cache calls when there is no accelerator.
+
+    vLLM's shutdown (``cleanup_dist_env_and_memory``) calls
+    ``torch.accelerator.empty_cache()``/``empty_host_cache()`` on every
+    platform whose ``is_cpu()`` is false; on a CPU-only torch they raise
+    ``Cannot access accelerator device when none is available``. vLLM's own
+    ``CPUModelRunner`` no-ops ``synchronize``/``empty_cache`` the same way.
+    """
+    acc = getattr(torch, "accelerator", None)
+    if acc is None or acc.is_available():
+        return []
+    done = []
+    for name in ("empty_cache", "empty_host_cache", "synchronize"):
+        if hasattr(acc, name) and getattr(acc, name) is not _noop:
+            setattr(acc, name, _noop)
+            done.append(f"torch.accelerator.{name} (no accelerator: no-op)")
+    return done
+
+
+class TorchNativePlatform(CpuPlatform):
+    _enum = PlatformEnum.OOT
+    #: vLLM builds ``torch.device(f"{device_name}:{rank}")`` and the
+    #: torch.distributed device from ``device_name`` on out-of-tree platforms
+    #: (``GroupCoordinator``), so it must be a torch device type: "cpu".
+    #: The platform's own name is :attr:`platform_name` / ``get_device_name()``.
+    device_name: str = "cpu"
+    platform_name: str = "torch_native"
+    device_type: str = "cpu"
+    dispatch_key: str = "CPU"
+    supported_quantization: list[str] = []
+
+    @property
+    def supported_dtypes(self) -> list[torch.dtype]:
+        return list(SUPPORTED_DTYPES)
+
+    @classmethod
+    def get_device_name(cls, device_id: int = 0) -> str:
+        return "torch_native"
+
+    @classmethod
+    def check_if_supports_dtype(cls, dtype: torch.dtype) -> None:
+        if dtype not in SUPPORTED_DTYPES:
+            _fail(f"dtype {dtype}", "Use float32 or bfloat16.")
+
+    @classmethod
+    def get_attn_backend_cls(cls, selected_backend: Any = None, attn_selector_config: Any = None,
+                             num_heads: int | None = None, **kwargs: Any) -> str:
+        from vllm_plugin_core.compat import register_attention_backend
+
+        if attn_selector_config is not None:
+            for flag, what in (("use_mla", "MLA"), ("use_sparse", "sparse attention"),
+                               ("has_sink", "attention sinks"), ("use_rswa", "R-SWA")):
+                # getattr: the selector config gained fields over versions (use_rswa in 0.30).
+                if getattr(attn_selector_config, flag, False):
+                    _fail(what, "Use a model without it.")
+        member = register_attention_backend(BACKEND_NAME, BACKEND_PATH)
+        path = member.get_path() if callable(getattr(member, "get_path", None)) else BACKEND_PATH
+        if selected_backend is not None and selected_backend != member:
+            logger.info("torch_native platform ignores attention backend %s; using %s",
+                        getattr(selected_backend, "name", selected_backend), BACKEND_NAME)
+        return path
+
+    @classmethod
+    def check_and_update_config(cls, vllm_config: Any) -> None:
+        check_supported(vllm_config)
+        if vllm_config.parallel_config.worker_cls == "auto":
+            vllm_config.parallel_config.worker_cls = WORKER_PATH
+        super().check_and_update_config(vllm_config)
+        from vllm.config import CompilationMode
+
+        cc = vllm_config.compilation_config
+        if cc.mode != CompilationMode.NONE:
+            logger.info("torch_native platform runs the model eagerly (compilation mode %s -> NONE)",
+                        cc.mode)
+            cc.mode = CompilationMode.NONE
+        # Make sure vLLM dispatches to this platform's ops (forward_oot).
+        from vllm_plugin_torch_native.ops import OPS
+
+        for upstream in OPS:
+            for name in (f"+{upstream.__name__}",):
+                if name not in cc.custom_ops:
+                    cc.custom_ops.append(name)
+        from vllm_plugin_torch_native.ops import register_custom_ops
+
+        register_custom_ops()
+        install_accelerator_noops()
+
+    @classmethod
+    def opaque_attention_op(cls) -> bool:
+        return True
+
+    @classmethod
+    def is_pin_memory_available(cls) -> bool:
+        return False

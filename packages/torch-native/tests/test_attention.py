@@ -1,0 +1,135 @@
+"""The attention backend against dense reference attention (no engine).
+
+Paged write by slot mapping over scattered blocks, prefill, chunked prefill and
+prefix-cache continuation (causal mask offset by the cached context), batched
+decode, grouped-query attention, sliding window.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vllm_plugin_torch_native import BACKEND_PATH
+from vllm_plugin_torch_native.attention import (
+    TorchNativeAttentionBackend,
+    TorchNativeAttentionImpl,
+    UnsupportedAttentionFeature,
+    metadata_from_common,
+)
+
+BLOCK = 4
+
+
+def dense_reference(q, k, v, q_pos, scale, window):
+    """q [Tq, H, D]; k, v [S, Hkv, D]: causal (and windowed) attention, float64."""
+    h, hkv = q.shape[1], k.shape[1]
+    k = k.repeat_interleave(h // hkv, dim=1).double()
+    v = v.repeat_interleave(h // hkv, dim=1).double()
+    scores = torch.einsum("thd,shd->hts", q.double(), k) * scale
+    s_pos = torch.arange(k.shape[0])
+    allowed = s_pos[None, :] <= q_pos[:, None]
+    if window is not None:
+        allowed &= (q_pos[:, None] - s_pos[None, :]) < window
+    scores = scores.masked_fill(~allowed[None], float("-inf"))
+    return torch.einsum("hts,shd->thd", scores.softmax(-1), v)
+
+
+def run_step(impl, kv_cache, block_table, reqs, heads, hkv, d, g):
+    """reqs: list of (context_len, new_len, full_k, full_v); returns (out, queries)."""
+    queries, keys, values, slots, qsl, seq_lens = [], [], [], [], [0], []
+    for i, (ctx, new, fk, fv) in enumerate(reqs):
+        queries.append(torch.randn(new, heads, d, generator=g))
+        keys.append(fk[ctx:ctx + new])
+        values.append(fv[ctx:ctx + new])
+        for pos in range(ctx, ctx + new):
+            slots.append(int(block_table[i, pos // BLOCK]) * BLOCK + pos % BLOCK)
+        qsl.append(qsl[-1] + new)
+        seq_lens.append(ctx + new)
+    q, k, v = torch.cat(queries), torch.cat(keys), torch.cat(values)
+    # one padding token (slot -1) at the end, as the runner may add
+    q = torch.cat([q, torch.zeros(1, heads, d)])
+    k = torch.cat([k, torch.zeros(1, hkv, d)])
+    v = torch.cat([v, torch.zeros(1, hkv, d)])
+    slot_mapping = torch.tensor([*slots, -1])
+    cm = SimpleNamespace(
+        num_reqs=len(reqs), num_actual_tokens=len(slots), max_query_len=max(r[1] for r in reqs),
+        max_seq_len=max(seq_lens), query_start_loc=torch.tensor(qsl, dtype=torch.int32),
+        query_start_loc_cpu=torch.tensor(qsl, dtype=torch.int32),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32), block_table_tensor=block_table[: len(reqs)],
+        slot_mapping=slot_mapping, causal=True)
+    meta = metadata_from_common(cm)
+    impl.do_kv_cache_update(None, k, v, kv_cache, slot_mapping)
+    out = torch.zeros_like(q)
+    impl.forward(None, q, k, v, kv_cache, meta, output=out)
+    return out, queries, qsl
+
+
+@pytest.mark.parametrize(("heads", "hkv", "window"), [(4, 4, None), (4, 2, None), (4, 1, 5), (2, 2, 3)])
+def test_matches_dense_reference(heads, hkv, window):
+    g = torch.Generator().manual_seed(0)
+    d = 16
+    scale = 1 / math.sqrt(d)
+    impl = TorchNativeAttentionImpl(heads, d, scale, hkv, None, window, "auto")
+    num_blocks = 40
+    kv_cache = torch.zeros(num_blocks, hkv, BLOCK, 2 * d)
+    lens = [13, 1, 7, 22]  # final lengths of four requests
+    perm = torch.randperm(num_blocks, generator=g)  # scattered, non-contiguous blocks
+    block_table = torch.stack([perm[i * 8:(i + 1) * 8] for i in range(4)]).int()
+    full = [(torch.randn(n, hkv, d, generator=g), torch.randn(n, hkv, d, generator=g)) for n in lens]
+
+    # step 1: prefills of different lengths (request 3 only its first chunk: chunked prefill)
+    step1 = [(0, 10, *full[0]), (0, 1, *full[1]), (0, 7, *full[2]), (0, 9, *full[3])]
+    # step 2: continuation after cached context (prefix hit / next chunk) and decodes
+    step2 = [(10, 3, *full[0]), (9, 13, *full[3])]
+    step3 = [(12, 1, *full[0]), (21, 1, *full[3])]  # batched decode
+    for reqs, rows in ((step1, [0, 1, 2, 3]), (step2, [0, 3]), (step3, [0, 3])):
+        bt = block_table[rows]
+        out, queries, qsl = run_step(impl, kv_cache, bt, reqs, heads, hkv, d, g)
+        for j, (ctx, new, fk, fv) in enumerate(reqs):
+            q_pos = torch.arange(ctx, ctx + new)
+            ref = dense_reference(queries[j], fk[: ctx + new], fv[: ctx + new], q_pos, scale, window)
+            got = out[qsl[j]:qsl[j + 1]]
+            torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_write_by_slot():
+    kv = torch.zeros(3, 2, BLOCK, 2 * 8)
+    k = torch.randn(2, 2, 8)
+    v = torch.randn(2, 2, 8)
+    TorchNativeAttentionImpl(2, 8, 1.0, 2, None, None, "auto").do_kv_cache_update(
+        None, k, v, kv, torch.tensor([2 * BLOCK + 1, 5]))
+    torch.testing.assert_close(kv[2, :, 1, :8], k[0])
+    torch.testing.assert_close(kv[2, :, 1, 8:], v[0])
+    torch.testing.assert_close(kv[1, :, 1, :8], k[1])
+    assert kv[0].abs().sum() == 0
+
+
+@pytest.mark.parametrize(("kwargs", "says"), [
+    ({"alibi_slopes": [1.0]}, "ALiBi"),
+    ({"logits_soft_cap": 30.0}, "logits soft cap"),
+    ({"kv_cache_dtype": "fp8"}, "kv_cache_dtype=fp8"),
+    ({"attn_type": "encoder_only"}, "attention type"),
+])
+def test_unsupported_features_fail_at_construction(kwargs, says):
+    with pytest.raises(UnsupportedAttentionFeature, match=says):
+        TorchNativeAttentionImpl(2, 8, 1.0, 2, **kwargs)
+
+
+def test_backend_declarations():
+    b = TorchNativeAttentionBackend
+    from vllm.v1.attention.backends import registry
+
+    assert b.get_name() in ("TORCH_NATIVE", "CUSTOM")  # CUSTOM slot before vLLM 0.32
+    assert registry.AttentionBackendEnum[b.get_name()].get_path() == BACKEND_PATH
+    assert b.get_impl_cls() is TorchNativeAttentionImpl
+    assert b.supports_dtype(torch.float32) and b.supports_dtype(torch.bfloat16)
+    assert not b.supports_dtype(torch.float16)
+    assert b.supports_sliding_window()
+    assert b.forward_includes_kv_cache_update is False
+    # 0.31 added a kv_cache_spec argument; MultipleOf has no __eq__ before 0.32
+    for sizes in (b.get_supported_kernel_block_sizes(), b.get_supported_kernel_block_sizes(kv_cache_spec=None)):
+        assert [s.base for s in sizes] == [1]
