@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
 import pytest
 from lora_store_helpers import ADAPTER_FILES
 
-
-class _ListHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def messages(self, level: int | None = None) -> list[str]:
-        return [r.getMessage() for r in self.records if level is None or r.levelno == level]
+from vllm_plugin_core.testing.logs import capture_plugin_log
 
 
 @pytest.fixture()
 def plugin_log():
     """Records of ``vllm.plugins.lora_store`` (a child of vLLM's non-propagating logger)."""
-    logger = logging.getLogger("vllm.plugins.lora_store")
-    handler = _ListHandler()
-    old = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old)
+    with capture_plugin_log("vllm.plugins.lora_store") as handler:
+        yield handler
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
+
+from vllm_plugin_core.testing.logs import capture_plugin_log
 
 
 @pytest.fixture(scope="session")
@@ -15,30 +15,13 @@ def vllm_config():
     return VllmConfig()
 
 
-class _ListHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def messages(self, level: int | None = None) -> list[str]:
-        return [r.getMessage() for r in self.records if level is None or r.levelno == level]
-
-
 @pytest.fixture()
 def plugin_log():
     """Records of the plugin's logger (a child of vLLM's non-propagating "vllm" logger)."""
     from vllm_plugin_stats._writer import logger
 
-    handler = _ListHandler()
-    old_level = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
+    with capture_plugin_log(logger.name) as handler:
+        yield handler
 
 
 @pytest.fixture(autouse=True)
