@@ -59,21 +59,11 @@ def _upload_adapters(client, bucket: str, prefix: str, adapter: Path) -> None:
 def s3_env(tiny_lora_adapter: Path):
     """A real S3-compatible server (moto in server mode) on loopback holding
     adapters, and the AWS SDK environment that points at it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
+    from vllm_plugin_core.testing.s3 import S3Server
 
-    from vllm_plugin_core.testing.server import free_port
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
-    _upload_adapters(client, "adapters", "v1", tiny_lora_adapter)
-    yield env
-    server.stop()
+    with S3Server() as server:
+        _upload_adapters(server.client(), "adapters", "v1", tiny_lora_adapter)
+        yield server.env
 
 
 @pytest.fixture(scope="session")

@@ -4,34 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 
 import pytest
 from lora_store_helpers import ADAPTER_FILES, cached_names, make_resolver, run
 
+from vllm_plugin_core.testing.s3 import S3Server, moto_available
+from vllm_plugin_core.testing.server import free_port
 from vllm_plugin_lora_store.stores import S3Store
 
-pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+if not moto_available():
+    pytest.skip("boto3 and moto are needed: pip install boto3 'moto[server]'", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+    server = S3Server().start()
+    env = server.env
     old = {k: os.environ.get(k) for k in [*env, "AWS_PROFILE", "AWS_SESSION_TOKEN"]}
     os.environ.update(env)
     os.environ.pop("AWS_PROFILE", None)
@@ -101,7 +89,7 @@ def test_s3_bucket_without_prefix(tmp_path, s3_endpoint, adapter_src, base_model
 
 
 def test_s3_unreachable_logs_once_and_returns_none(tmp_path, plugin_log, monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nothing listens
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
