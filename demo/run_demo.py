@@ -5,16 +5,28 @@ built here (no hub, no internet).
 2. starts ``vllm serve`` with the plugins installed and the stats logger on;
 3. shows each sampler changing generation through ``vllm_xargs`` with the
    official ``openai`` client, and a bad argument answered with HTTP 400;
+   and a LoRA adapter loaded on demand by vllm-plugin-lora-store from a
+   directory store, named as the request's ``model``;
 4. stops the server with SIGTERM and prints the JSON Lines stats it wrote;
-5. serves a NanoChat checkpoint (vllm-plugin-models) offline, once under its
+5. runs a NanoChat checkpoint (vllm-plugin-models) offline, once under its
    own architecture name and once renamed through an alias, next to
-   transformers' greedy tokens for the same prompt.
+   transformers' greedy tokens for the same prompt;
+6. runs the same Llama on the torch_native platform (vllm-plugin-torch-native,
+   ``VLLM_PLUGIN_TORCH_NATIVE=1``) next to vLLM's CPU platform;
+7. embeds a document longer than a tiny BERT's context in one request with
+   vllm-plugin-chunked-embeddings.
+
+Each offline part runs in its own process (vLLM spawns processes; a platform
+is chosen once per process).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,16 +36,23 @@ from pathlib import Path
 def main() -> int:
     import openai
 
-    from vllm_plugin_core.testing.models import build_causal_lm
+    from vllm_plugin_core.testing.models import build_causal_lm, build_lora_adapter
     from vllm_plugin_core.testing.server import VllmServer
 
     t0 = time.monotonic()
     model = build_causal_lm()
     print(f"[demo] model: {model} ({time.monotonic() - t0:.1f} s)")
-    stats = Path(tempfile.mkdtemp(prefix="vllm-plugins-demo-")) / "stats.jsonl"
+    work = Path(tempfile.mkdtemp(prefix="vllm-plugins-demo-"))
+    stats = work / "stats.jsonl"
+    store = work / "adapters"
+    shutil.copytree(build_lora_adapter(model), store / "my-adapter",
+                    ignore=shutil.ignore_patterns("spec.json", ".complete"))
     env = {"VLLM_PLUGIN_STATS_PATH": str(stats), "VLLM_PLUGIN_STATS_REQUESTS": "1",
-           "VLLM_LOG_STATS_INTERVAL": "1"}
-    server = VllmServer(model, ["--max-model-len", "512"], env, served_model_name="tiny")
+           "VLLM_LOG_STATS_INTERVAL": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
+           "VLLM_PLUGIN_LORA_STORE_URI": str(store),
+           "VLLM_PLUGIN_LORA_STORE_CACHE_DIR": str(work / "lora-cache")}
+    server = VllmServer(model, ["--max-model-len", "512", "--enable-lora", "--max-lora-rank", "8"], env,
+                        served_model_name="tiny")
     print("[demo] starting vllm serve (about a minute on 2 CPU cores) ...")
     try:
         server.start()
@@ -42,18 +61,27 @@ def main() -> int:
         return 1
     print(f"[demo] vllm serve ready at {server.base_url} after {server.startup_seconds:.0f} s")
     client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
-    prompt = "again and again and again"
+    prompt = [7, 8, 9, 10, 7, 8, 9, 10, 7, 8]  # token ids: a repetitive prompt
+
+    def tokens(model_name: str, xargs: dict | None = None) -> list[int]:
+        extra = {"ignore_eos": True, "return_tokens_as_token_ids": True,
+                 **({"vllm_xargs": xargs} if xargs else {})}
+        r = client.completions.create(model=model_name, prompt=prompt, max_tokens=16, temperature=0,
+                                      logprobs=1, extra_body=extra)
+        return [int(t.split(":")[1]) for t in r.choices[0].logprobs.tokens]
+
     try:
+        plain = tokens("tiny")
+        print(f"[demo] samplers  {'plain greedy':<24} -> {plain}")
         for label, xargs in [
-            ("plain greedy", None),
             ("no_repeat_ngram_size=1", {"no_repeat_ngram_size": 1}),
-            ("DRY multiplier=2", {"dry_multiplier": 2.0, "dry_allowed_length": 1}),
+            ("DRY multiplier=50", {"dry_multiplier": 50.0, "dry_allowed_length": 1}),
             ("XTC threshold=0.05 p=1", {"xtc_threshold": 0.05, "xtc_probability": 1.0}),
         ]:
-            extra = {"ignore_eos": True, **({"vllm_xargs": xargs} if xargs else {})}
-            r = client.completions.create(model="tiny", prompt=prompt, max_tokens=16, temperature=0,
-                                          extra_body=extra)
-            print(f"[demo] samplers  {label:<24} -> {r.choices[0].text!r}")
+            got = tokens("tiny", xargs)
+            print(f"[demo] samplers  {label:<24} -> {got}{'' if got != plain else '  (same as plain: nothing here to penalise)'}")
+        print(f"[demo] lora      {'model=my-adapter':<24} -> {tokens('my-adapter')}  "
+              "(fetched from the directory store on first use)")
         try:
             client.completions.create(model="tiny", prompt=prompt, max_tokens=4,
                                       extra_body={"vllm_xargs": {"xtc_threshold": 0.9, "xtc_probability": 1}})
@@ -68,15 +96,14 @@ def main() -> int:
         keys = {k: rec[k] for k in list(rec)[:8]}
         print(f"[demo]   {rec['type']:<8} {json.dumps(keys)[:150]}")
     nanochat_demo()
+    torch_native_demo(model, prompt, plain)
+    chunked_embeddings_demo()
     print(f"[demo] done in {time.monotonic() - t0:.0f} s")
     return 0
 
 
 def nanochat_demo() -> None:
     """NanoChat through vllm-plugin-models, offline, in a child process with an alias."""
-    import os
-    import subprocess
-
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -105,6 +132,63 @@ def nanochat_demo() -> None:
         out = subprocess.run([sys.executable, "-c", code, str(target)], env=env, capture_output=True, text=True)
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("TOKENS")), None)
         print(f"[demo] models    {label:<32} -> {line[7:] if line else 'FAILED: ' + out.stderr[-500:]}")
+
+
+
+OFFLINE = """
+import json, sys
+from vllm import SamplingParams
+from vllm_plugin_core.testing.pytest_plugin import make_llm
+if __name__ == "__main__":
+    model, prompt = sys.argv[1], json.loads(sys.argv[2])
+    llm = make_llm(model)
+    o = llm.generate([{"prompt_token_ids": prompt}], SamplingParams(max_tokens=16, temperature=0,
+                     ignore_eos=True), use_tqdm=False)
+    from vllm.platforms import current_platform
+    print("RESULT", json.dumps({"tokens": list(o[0].outputs[0].token_ids),
+                                "platform": type(current_platform).__name__}))
+"""
+
+
+def run_child(code: str, args: list[str], env: dict[str, str]) -> dict | str:
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", **env})
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    return json.loads(line[7:]) if line else "FAILED: " + out.stderr[-800:]
+
+
+def torch_native_demo(model: Path, prompt: list[int], cpu_tokens: list[int]) -> None:
+    res = run_child(OFFLINE, [str(model), json.dumps(prompt)], {"VLLM_PLUGIN_TORCH_NATIVE": "1"})
+    if isinstance(res, str):
+        print(f"[demo] platform  torch_native -> {res}")
+        return
+    same = "same as" if res["tokens"] == cpu_tokens else "DIFFERENT from"
+    print(f"[demo] platform  {res['platform']:<24} -> {res['tokens']}  ({same} vLLM's CPU platform)")
+
+
+CHUNKED = """
+import json, sys
+from vllm_plugin_core.testing.pytest_plugin import make_llm
+if __name__ == "__main__":
+    llm = make_llm(sys.argv[1], max_model_len=128, io_processor_plugin="chunked_embeddings")
+    doc = " ".join(["Plugins extend vLLM without forking it."] * 120)
+    out = llm.encode({"data": {"input": [doc, "A short one."], "chunk_tokens": 100, "overlap_tokens": 10}},
+                     pooling_task="plugin", use_tqdm=False)[0].outputs
+    print("RESULT", json.dumps(out if isinstance(out, dict) else getattr(out, "__dict__", str(out)),
+                               default=str))
+"""
+
+
+def chunked_embeddings_demo() -> None:
+    from vllm_plugin_core.testing.models import build_embedding_model
+
+    res = run_child(CHUNKED, [str(build_embedding_model())], {})
+    if isinstance(res, str) or "data" not in res:
+        print(f"[demo] chunked   -> {str(res)[:600]}")
+        return
+    for item in res["data"]:
+        print(f"[demo] chunked   document {item['index']}: {item['num_tokens']} tokens in "
+              f"{item['num_chunks']} chunks -> one {len(item['embedding'])}-dim embedding")
 
 
 if __name__ == "__main__":
