@@ -10,6 +10,7 @@ that never resolve (engine core, workers) pay nothing more.
 from __future__ import annotations
 
 from vllm_plugin_core.guard import plugin_entry_point
+from vllm_plugin_core.version import SUPPORTED_VLLM
 
 PLUGIN = "vllm-plugin-lora-store"
 
@@ -21,7 +22,7 @@ PLUGIN = "vllm-plugin-lora-store"
         "(or unset it), and check the other VLLM_PLUGIN_LORA_STORE_* settings "
         "(vllm-plugins doctor lists them)"
     ),
-    vllm=">=0.29,<0.34",
+    vllm=SUPPORTED_VLLM,
 )
 def register():
     from vllm_plugin_lora_store._settings import SETTINGS
