@@ -2,11 +2,12 @@
 subprocess so that the torch_native platform and vLLM's CPU platform never
 share a process).
 
-Usage: python _run_engine.py MODEL OUT.json [dtype]
+Usage: python _run_engine.py MODEL OUT.json [dtype [NANOCHAT_MODEL]]
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -40,40 +41,69 @@ def worker_info(worker):  # runs in the worker (collective_rpc)
                     for m in model.modules() if hasattr(m, "impl") and hasattr(m, "kv_cache")})
     ops = sorted({type(m).__module__ + "." + type(m).__qualname__ for m in model.modules()
                   if type(m).__name__.startswith("TorchNative")})
+    linear = sorted({type(m.quant_method).__module__ + "." + type(m.quant_method).__qualname__
+                     for m in model.modules() if getattr(m, "quant_method", None) is not None})
     return {"platform": type(current_platform).__module__ + "." + type(current_platform).__qualname__,
-            "attn_impls": impls, "op_classes": ops}
+            "attn_impls": impls, "op_classes": ops, "linear_methods": linear}
+
+
+def greedy(llm, batches) -> dict:
+    from vllm import SamplingParams
+
+    sp = SamplingParams(temperature=0.0, max_tokens=12, logprobs=5)
+    runs = {}
+    for name, batch in batches:
+        outs = llm.generate([{"prompt_token_ids": p} for p in batch], sp, use_tqdm=False)
+        runs[name] = [
+            {"tokens": list(o.outputs[0].token_ids),
+             "logprobs": [{str(k): v.logprob for k, v in lp.items()} for lp in o.outputs[0].logprobs]}
+            for o in outs
+        ]
+    return runs
 
 
 def main() -> int:
     model, out_path = sys.argv[1], sys.argv[2]
     dtype = sys.argv[3] if len(sys.argv) > 3 else "float32"
+    nanochat = sys.argv[4] if len(sys.argv) > 4 else None
     result: dict = {}
     try:
-        from vllm import LLM, SamplingParams
+        from vllm import LLM
         from vllm.platforms import current_platform
 
         result["main_platform"] = type(current_platform).__module__ + "." + type(current_platform).__qualname__
-        llm = LLM(model=model, dtype=dtype, enforce_eager=True, gpu_memory_utilization=0.2,
-                  max_model_len=512, distributed_executor_backend="uni", enable_prefix_caching=True,
-                  enable_chunked_prefill=True, max_num_batched_tokens=64, block_size=32, seed=0)
+        engine_args = dict(dtype=dtype, enforce_eager=True, gpu_memory_utilization=0.2,
+                           kv_cache_memory_bytes=256 * 1024 * 1024, max_model_len=512,
+                           distributed_executor_backend="uni", enable_prefix_caching=True,
+                           enable_chunked_prefill=True, max_num_batched_tokens=64, block_size=32,
+                           seed=0)
+        llm = LLM(model=model, **engine_args)
         result["engine"] = llm.llm_engine.collective_rpc(worker_info)[0]
-        sp = SamplingParams(temperature=0.0, max_tokens=12, logprobs=5)
         ps = prompts()
-        runs = {}
         # batch sizes 1, 2, 6; the last pass repeats prompts (prefix-cache hits)
-        for name, batch in (("b1", ps[:1]), ("b2", ps[1:3]), ("b6", ps), ("b6_again", ps)):
-            outs = llm.generate([{"prompt_token_ids": p} for p in batch], sp, use_tqdm=False)
-            runs[name] = [
-                {"tokens": list(o.outputs[0].token_ids),
-                 "logprobs": [{str(k): v.logprob for k, v in lp.items()} for lp in o.outputs[0].logprobs]}
-                for o in outs
-            ]
+        runs = greedy(llm, (("b1", ps[:1]), ("b2", ps[1:3]), ("b6", ps), ("b6_again", ps)))
+        if nanochat:  # vllm-plugin-models' NanoChat (GQA), same prompts (ids < its vocab of 512)
+            del llm
+            gc.collect()
+            llm = LLM(model=nanochat, **engine_args)
+            result["engine_nanochat"] = llm.llm_engine.collective_rpc(worker_info)[0]
+            runs.update(greedy(llm, (("nanochat_b6", ps), ("nanochat_b6_again", ps))))
         result["runs"] = runs
+        if "torch_native" in result["main_platform"]:
+            # an unsupported dtype: refused while the engine is configured
+            del llm
+            gc.collect()
+            try:
+                LLM(model=model, **{**engine_args, "dtype": "float16"})
+                result["fp16"] = {"started": True}
+            except Exception as exc:
+                result["fp16"] = {"started": False, "error_type": type(exc).__name__, "error": str(exc)}
         try:
-            from vllm_plugin_torch_native import attention, ops
+            from vllm_plugin_torch_native import attention, linear, ops
 
             result["op_calls"] = dict(ops.CALLS)
             result["attn_calls"] = dict(attention.CALLS)
+            result["linear_calls"] = dict(linear.CALLS)
         except Exception as exc:  # the CPU reference run: not imported there
             result["op_calls"] = {"import_error": repr(exc)}
         result["ok"] = True

@@ -1,14 +1,17 @@
 """Real engines: this platform against vLLM's built-in CPU platform.
 
-Three engine starts in all, each in its own interpreter (``_run_engine.py``)
-so that the two platforms never share a process:
+Three engine starts in all, each in its own interpreter:
 
-1. ``VLLM_PLUGIN_TORCH_NATIVE=1``: the platform, its attention backend and ops;
-2. the variable unset: vLLM's ``CpuPlatform`` (the reference);
-3. ``VLLM_PLUGIN_TORCH_NATIVE=1`` with ``dtype=float16``: refused at start.
+1. ``VLLM_PLUGIN_TORCH_NATIVE=1`` (``_run_engine.py``): the platform, its
+   attention backend, ops and GEMM, on the fixture Llama and, when
+   vllm-plugin-models is installed, on its NanoChat (GQA) in the same process,
+   then an engine with ``dtype=float16``, which must be refused at start;
+2. the variable unset: the same on vLLM's ``CpuPlatform`` (the reference);
+3. ``vllm serve`` with the variable set and ``--tensor-parallel-size 2``,
+   queried with the ``openai`` client.
 
-Both runs use prefix caching, chunked prefill (max_num_batched_tokens=64, a
-150-token prompt), block size 32, batch sizes 1, 2 and 6, prompt lengths 3 to
+The offline runs use prefix caching, chunked prefill (max_num_batched_tokens=64,
+a 150-token prompt), block size 32, batch sizes 1, 2 and 6, prompt lengths 3 to
 150, and a repeated batch that hits the prefix cache.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,12 +35,22 @@ SCRIPT = Path(__file__).with_name("_run_engine.py")
 LOGPROB_TOL = 1e-3
 
 
-def run_engine(model: Path, out: Path, *, native: bool, dtype: str = "float32") -> dict:
+def nanochat_model() -> Path | None:
+    """vllm-plugin-models' NanoChat test checkpoint, or None when it is not installed."""
+    try:
+        from vllm_plugin_models.testing import build_nanochat
+    except ImportError:
+        return None
+    return build_nanochat("gqa-3l")
+
+
+def run_engine(model: Path, out: Path, *, native: bool, nanochat: Path | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("VLLM_PLUGIN_TORCH_NATIVE", "VLLM_PLUGINS")}
     env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     if native:
         env["VLLM_PLUGIN_TORCH_NATIVE"] = "1"
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(model), str(out), dtype], env=env,
+    argv = [sys.executable, str(SCRIPT), str(model), str(out), "float32", *([str(nanochat)] if nanochat else [])]
+    proc = subprocess.run(argv, env=env,
                           capture_output=True, text=True, timeout=900)
     if not out.exists():
         raise AssertionError(f"engine script crashed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -48,8 +62,9 @@ def run_engine(model: Path, out: Path, *, native: bool, dtype: str = "float32") 
 @pytest.fixture(scope="module")
 def runs(tiny_causal_lm, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("engines")
-    native = run_engine(tiny_causal_lm, tmp / "native.json", native=True)
-    reference = run_engine(tiny_causal_lm, tmp / "cpu.json", native=False)
+    nanochat = nanochat_model()
+    native = run_engine(tiny_causal_lm, tmp / "native.json", native=True, nanochat=nanochat)
+    reference = run_engine(tiny_causal_lm, tmp / "cpu.json", native=False, nanochat=nanochat)
     for r in (native, reference):
         assert r["ok"], r.get("traceback", "") + r["log"]
     return native, reference
@@ -74,8 +89,17 @@ def test_own_attention_backend_and_ops_are_used(runs):
     for op in ("rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary_embedding"):
         assert calls.get(op, 0) > 0, f"vLLM never dispatched to {op}: {calls}"
     assert native["attn_calls"]["forward"] > 0 and native["attn_calls"]["kv_cache_update"] > 0
+    # the platform's own GEMM: every linear layer and the LM head (the input
+    # embedding keeps vLLM's lookup)
+    assert native["engine"]["linear_methods"] == [
+        "vllm.model_executor.layers.vocab_parallel_embedding.UnquantizedEmbeddingMethod",
+        "vllm_plugin_torch_native.linear.TorchNativeLMHeadMethod",
+        "vllm_plugin_torch_native.linear.TorchNativeLinearMethod",
+    ]
+    assert native["linear_calls"]["linear"] > 0
     # the reference never touches this package's code
     assert reference["engine"]["op_classes"] == []
+    assert not any("torch_native" in m for m in reference["engine"]["linear_methods"])
     assert reference["engine"]["attn_impls"] == ["vllm.v1.attention.backends.cpu_attn.CPUAttentionBackendImpl"]
 
 
@@ -94,8 +118,59 @@ def test_greedy_output_and_logprobs_match_builtin_cpu(runs):
     assert worst < LOGPROB_TOL, worst
 
 
-def test_unsupported_dtype_fails_at_start(tiny_causal_lm, tmp_path):
-    r = run_engine(tiny_causal_lm, tmp_path / "fp16.json", native=True, dtype="float16")
-    assert not r["ok"]
-    assert "torch_native platform" in r["error"] and "dtype float16 is not supported" in r["error"], r["error"]
-    assert "runs" not in r  # nothing was generated: it failed while building the engine
+def test_nanochat_runs_on_the_platform(runs):
+    """NanoChat (vllm-plugin-models: its own norms and rotary, vLLM's Attention
+    and linear layers) through this platform's attention and GEMM; its tokens
+    and logprobs are compared with the CPU platform's in the test above."""
+    native, _ = runs
+    if "engine_nanochat" not in native:
+        pytest.skip("vllm-plugin-models is not installed here: pip install vllm-plugin-models "
+                    "(the nox test sessions install it)")
+    engine = native["engine_nanochat"]
+    assert engine["attn_impls"] == ["vllm_plugin_torch_native.attention.TorchNativeAttentionImpl"]
+    assert "vllm_plugin_torch_native.linear.TorchNativeLinearMethod" in engine["linear_methods"]
+    assert {"nanochat_b6", "nanochat_b6_again"} <= native["runs"].keys()
+
+
+def test_served_with_tensor_parallel_2_matches_builtin_cpu(runs, tiny_causal_lm, vllm_server_factory):
+    """``vllm serve`` on this platform with tensor parallelism 2, queried with
+    the ``openai`` client: the front end, the engine core and two workers run
+    in their own processes (vLLM's CPU communicator between the workers);
+    greedy tokens and top-5 logprobs equal the CPU platform's single-worker
+    offline run of the same prompts."""
+    import openai
+    from _run_engine import prompts
+
+    _, reference = runs
+    server = vllm_server_factory(
+        tiny_causal_lm, ["--max-model-len", "512", "--block-size", "32", "--enable-prefix-caching",
+                         "--tensor-parallel-size", "2"],
+        env={"VLLM_PLUGIN_TORCH_NATIVE": "1"}, served_model_name="tiny")
+    client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    r = client.completions.create(model="tiny", prompt=prompts(), max_tokens=12, temperature=0,
+                                  logprobs=5, extra_body={"return_tokens_as_token_ids": True})
+    worst = 0.0
+    for choice in sorted(r.choices, key=lambda c: c.index):
+        want = reference["runs"]["b6"][choice.index]
+        assert [int(t.split(":")[1]) for t in choice.logprobs.tokens] == want["tokens"]
+        for got, lb in zip(choice.logprobs.top_logprobs, want["logprobs"], strict=True):
+            la = {t.split(":")[1]: v for t, v in got.items()}
+            for tok in set(la) & set(lb):
+                worst = max(worst, abs(la[tok] - lb[tok]))
+    assert worst < LOGPROB_TOL, worst
+    log = server.log_text()
+    # only registered where this platform is vLLM's current platform: the engine
+    # core and both workers (vLLM configures logging too late to show the front end's)
+    pids = re.findall(r"vllm-plugin-torch-native registered \(pid (\d+)\): RMSNorm->TorchNativeRMSNorm", log)
+    assert len(set(pids)) >= 3, log[-3000:]
+    assert log.count("linear layers use the prepacked GEMM") == 2, log[-3000:]  # one per worker
+
+
+def test_unsupported_dtype_fails_at_start(runs):
+    """float16 (the native run's process, after its generations): refused with
+    the platform's error while vLLM builds the engine configuration."""
+    fp16 = runs[0]["fp16"]
+    assert not fp16["started"], "an engine started with dtype=float16"
+    # (vLLM's pydantic VllmConfig wraps the platform's ValueError in a ValidationError)
+    assert "torch_native platform" in fp16["error"] and "dtype float16 is not supported" in fp16["error"], fp16

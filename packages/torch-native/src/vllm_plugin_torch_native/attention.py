@@ -187,7 +187,9 @@ def write_kv(kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 def gather_kv(kv_cache: torch.Tensor, block_ids: torch.Tensor, head_size: int
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values of ``block_ids`` (``[..., nb]``) as ``[..., H_kv, nb * block_size, D]``."""
-    blocks = kv_cache[block_ids]  # [..., nb, H, N, 2D]
+    # index_select copies whole blocks with memcpy; advanced indexing is ~2x slower here.
+    blocks = kv_cache.index_select(0, block_ids.reshape(-1))
+    blocks = blocks.view(*block_ids.shape, *kv_cache.shape[1:])  # [..., nb, H, N, 2D]
     lead = blocks.shape[:-4]
     nb, h, bs = blocks.shape[-4], blocks.shape[-3], blocks.shape[-2]
     blocks = blocks.movedim(-3, -4)  # [..., H, nb, N, 2D]

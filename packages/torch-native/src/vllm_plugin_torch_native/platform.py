@@ -9,19 +9,22 @@ Own (this package):
   (:mod:`.attention`), registered in vLLM's attention-backend registry;
 * custom ops (:mod:`.ops`): RMSNorm, fused add-RMSNorm, SiLU-and-mul, rotary
   embedding, dispatched through ``forward_oot`` because the platform is OOT;
+* the GEMM of unquantized linear layers and the LM head (:mod:`.linear`):
+  weights prepacked once after loading by the worker (:mod:`.worker`);
 * ``check_and_update_config``: refuses at engine start what is not supported
   (dtype other than float32/bfloat16, quantization, quantized KV cache,
-  tensor/pipeline parallelism > 1, speculative decoding, LoRA, MLA, pooling
-  models), and runs the model eagerly (no torch.compile).
+  pipeline parallelism > 1, speculative decoding, LoRA, MLA, pooling models),
+  and runs the model eagerly (no torch.compile).
 
 Reused from ``CpuPlatform`` (inherited, unchanged): the worker
-(``vllm.v1.worker.cpu_worker.CPUWorker``, subclassed by :mod:`.worker` only
-to skip the sleep-mode allocator, and its ``CPUModelRunner``: memory
+(``vllm.v1.worker.cpu_worker.CPUWorker``, subclassed by :mod:`.worker` to
+prepack linear weights and skip the sleep-mode allocator, and its
+``CPUModelRunner``: memory
 accounting, thread binding, KV-cache allocation, sampling), the device
 communicator, memory queries, block-size defaults and environment set-up
-(OpenMP/tcmalloc preloads). Linear layers and embeddings use torch's own
-``F.linear``/``F.embedding`` here because vLLM picks its CPU GEMM only when
-``is_cpu()`` is true, which it is not for an OOT platform.
+(OpenMP/tcmalloc preloads). vLLM picks its own CPU GEMM only when
+``is_cpu()`` is true, which it is not for an OOT platform: without
+:mod:`.linear` the linear layers would run ``F.linear`` (half the decode speed).
 """
 
 from __future__ import annotations
@@ -71,10 +74,11 @@ def check_supported(vllm_config: Any) -> None:
     if cache_config is not None and cache_config.cache_dtype not in ("auto", "float32", "bfloat16"):
         _fail(f"kv_cache_dtype={cache_config.cache_dtype!r}", "Leave kv_cache_dtype at 'auto'.")
     pc = vllm_config.parallel_config
-    if pc.tensor_parallel_size > 1 or pc.pipeline_parallel_size > 1:
-        _fail(f"tensor_parallel_size={pc.tensor_parallel_size}, "
-              f"pipeline_parallel_size={pc.pipeline_parallel_size} (not yet)",
-              "Run with one worker (tensor_parallel_size=1).")
+    # Tensor parallelism runs on vLLM's CPU communicator (tested with 2 workers);
+    # pipeline parallelism is not tested here, so it is refused.
+    if pc.pipeline_parallel_size > 1:
+        _fail(f"pipeline_parallel_size={pc.pipeline_parallel_size} (not yet)",
+              "Use tensor_parallel_size instead.")
     if getattr(pc, "data_parallel_size", 1) > 1:
         _fail(f"data_parallel_size={pc.data_parallel_size}", "Run one engine.")
     if getattr(vllm_config, "speculative_config", None) is not None:
