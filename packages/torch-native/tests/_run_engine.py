@@ -2,7 +2,7 @@
 subprocess so that the torch_native platform and vLLM's CPU platform never
 share a process).
 
-Usage: python _run_engine.py MODEL OUT.json [dtype [NANOCHAT_MODEL]]
+Usage: python _run_engine.py MODEL OUT.json [NANOCHAT_MODEL]
 """
 
 from __future__ import annotations
@@ -64,15 +64,14 @@ def greedy(llm, batches) -> dict:
 
 def main() -> int:
     model, out_path = sys.argv[1], sys.argv[2]
-    dtype = sys.argv[3] if len(sys.argv) > 3 else "float32"
-    nanochat = sys.argv[4] if len(sys.argv) > 4 else None
+    nanochat = sys.argv[3] if len(sys.argv) > 3 else None
     result: dict = {}
     try:
         from vllm import LLM
         from vllm.platforms import current_platform
 
         result["main_platform"] = type(current_platform).__module__ + "." + type(current_platform).__qualname__
-        engine_args = dict(dtype=dtype, enforce_eager=True, gpu_memory_utilization=0.2,
+        engine_args = dict(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.2,
                            kv_cache_memory_bytes=256 * 1024 * 1024, max_model_len=512,
                            distributed_executor_backend="uni", enable_prefix_caching=True,
                            enable_chunked_prefill=True, max_num_batched_tokens=64, block_size=32,

@@ -55,11 +55,10 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
 
 
-def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
-                  out_features: int) -> torch.Tensor:
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ weight.T + bias`` over a weight from :func:`pack_weight`; any leading dims."""
     CALLS["linear"] += 1
-    lead = x.shape[:-1]
+    lead, out_features = x.shape[:-1], packed.shape[0]  # the packed weight keeps [out, in]
     x2 = x.reshape(-1, x.shape[-1])
     if x2.shape[0] == 0:
         return x.new_empty(*lead, out_features)
@@ -68,7 +67,7 @@ def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
 
 
 def _apply(layer: Any, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    return packed_linear(x, getattr(layer, PACKED_ATTR), bias, layer.torch_native_out_features)
+    return packed_linear(x, getattr(layer, PACKED_ATTR), bias)
 
 
 class TorchNativeLinearMethod(UnquantizedLinearMethod):
@@ -86,7 +85,6 @@ class TorchNativeLMHeadMethod(UnquantizedEmbeddingMethod):
 def _swap(layer: Any, method_cls: type, *, release_weight: bool) -> None:
     weight = layer.weight
     setattr(layer, PACKED_ATTR, pack_weight(weight.data))
-    layer.torch_native_out_features = weight.shape[0]
     old = layer.quant_method
     new = method_cls.__new__(method_cls)
     new.__dict__.update(old.__dict__)
