@@ -1,18 +1,28 @@
 """NanoChat in real vLLM (loaded through vLLM's general-plugin loader) against
-transformers' own ``NanoChatForCausalLM`` on the same checkpoints."""
+transformers' own ``NanoChatForCausalLM`` on the same checkpoints, and LoRA
+adapters made by peft against transformers + peft.
+
+One offline engine per shape; the GQA engine is started with LoRA enabled and
+carries the LoRA checks (served LoRA through lora-store and the served alias
+test live in ``tests/test_served_nanochat_lora.py``)."""
 
 from __future__ import annotations
 
 import gc
 import os
-import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from vllm_plugin_models.testing import build_nanochat, renamed_copy
+from vllm_plugin_models.testing import (
+    build_nanochat,
+    build_nanochat_lora,
+    hf_greedy,
+    hf_peft_greedy,
+    retargeted_copy,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -27,27 +37,10 @@ def prompts_for(seed: int) -> list[list[int]]:
     return [base[:5], base[:23], [*base, 7, 8, 9], torch.randint(3, 500, (90,), generator=g).tolist(), base[:12]]
 
 
-def hf_greedy(path, prompts, n):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    outs, lps = [], []
-    with torch.no_grad():
-        for p in prompts:
-            ctx, toks, top = list(p), [], []
-            for _ in range(n):
-                logits = model(torch.tensor([ctx])).logits[0, -1].float()
-                lp = torch.log_softmax(logits, -1)
-                t = int(lp.argmax())
-                toks.append(t)
-                top.append(float(lp[t]))
-                ctx.append(t)
-            outs.append(toks)
-            lps.append(top)
-    return outs, lps
-
-
-def run_llm(path, prompts, n, **kw):
+def run_llm(path, prompts, n, lora_checks=None, **kw):
+    """Greedy tokens and top-1 logprobs of an offline ``LLM`` (run twice: the
+    second pass hits the prefix cache); ``lora_checks(llm)`` runs on the same
+    engine before it shuts down and its result is returned third."""
     from vllm import SamplingParams
 
     from vllm_plugin_core.testing.pytest_plugin import make_llm
@@ -58,9 +51,9 @@ def run_llm(path, prompts, n, **kw):
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                             SamplingParams(max_tokens=n, temperature=0, logprobs=1, ignore_eos=True),
                             use_tqdm=False)
-        # Run twice: the second pass hits the prefix cache.
         again = llm.generate([{"prompt_token_ids": p} for p in prompts],
                              SamplingParams(max_tokens=n, temperature=0, ignore_eos=True), use_tqdm=False)
+        extra = lora_checks(llm) if lora_checks is not None else None
     finally:
         engine = getattr(llm, "llm_engine", None)
         if engine is not None and hasattr(engine, "shutdown"):
@@ -71,46 +64,88 @@ def run_llm(path, prompts, n, **kw):
     lps = [[lp[t].logprob for t, lp in zip(o.outputs[0].token_ids, o.outputs[0].logprobs, strict=True)]
            for o in outs]
     assert [list(o.outputs[0].token_ids) for o in again] == toks
-    return toks, lps
+    return toks, lps, extra
 
 
-@pytest.mark.parametrize("shape", ["mha-2l", "gqa-3l"])
-def test_offline_greedy_and_logprobs_match_transformers(shape):
-    path = build_nanochat(shape)
-    prompts = prompts_for(1)
-    want, want_lp = hf_greedy(path, prompts, 16)
-    got, got_lp = run_llm(path, prompts, 16)
+LORA_SHAPE = "gqa-3l"  # q/k/v of different widths in one packed qkv_proj
+LORA_TOKENS = 12
+#: Modules NanoChat does not have (Llama's MLP names), for a refused adapter.
+FOREIGN = {"fc1": "gate_proj", "fc2": "down_proj"}
+
+
+def lora_checks(adapter, bad_adapter, prompts):
+    def check(llm):
+        from vllm import SamplingParams
+        from vllm.lora.request import LoRARequest
+
+        params = SamplingParams(max_tokens=LORA_TOKENS, temperature=0, ignore_eos=True)
+        good = LoRARequest("nano-lora", 1, str(adapter))
+
+        def tokens(lora):
+            outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, lora_request=lora,
+                                use_tqdm=False)
+            return [list(o.outputs[0].token_ids) for o in outs]
+
+        result = {"base": tokens(None), "lora": tokens(good)}
+        try:
+            llm.llm_engine.add_lora(LoRARequest("nano-foreign", 2, str(bad_adapter)))
+        except Exception as exc:
+            result["refused"] = f"{type(exc).__name__}: {exc}"
+        # The engine still serves, with and without the good adapter.
+        result["lora_after"], result["base_after"] = tokens(good), tokens(None)
+        return result
+
+    return check
+
+
+@pytest.fixture(scope="module")
+def offline_runs(tmp_path_factory):
+    """One engine start per shape, results shared by the tests below."""
+    runs = {}
+
+    def get(shape):
+        if shape not in runs:
+            path = build_nanochat(shape)
+            checks = None
+            kw = {}
+            if shape == LORA_SHAPE:
+                adapter = build_nanochat_lora(path)
+                bad = retargeted_copy(adapter, tmp_path_factory.mktemp("foreign"), FOREIGN)
+                checks = lora_checks(adapter, bad, prompts_for(3))
+                kw = {"enable_lora": True, "max_lora_rank": 8, "max_loras": 1}
+            runs[shape] = run_llm(path, prompts_for(1), 16, checks, **kw)
+        return runs[shape]
+
+    return get
+
+
+@pytest.mark.parametrize("shape", ["mha-2l", LORA_SHAPE])
+def test_offline_greedy_and_logprobs_match_transformers(shape, offline_runs):
+    want, want_lp = hf_greedy(build_nanochat(shape), prompts_for(1), 16)
+    got, got_lp, _ = offline_runs(shape)
     assert got == want
     worst = max(abs(a - b) for xs, ys in zip(got_lp, want_lp, strict=True) for a, b in zip(xs, ys, strict=True))
     assert worst < LOGPROB_TOL, worst
 
 
-def test_served_through_an_alias_with_openai_client(vllm_server_factory, tmp_path):
-    """``vllm serve`` of a NanoChat checkpoint whose config names a renamed
-    architecture, loaded through an alias: the same tokens as transformers'
-    NanoChat on the original checkpoint (one server start covers serving and
-    aliases)."""
-    import openai
+def test_offline_lora_request_matches_transformers_with_peft(offline_runs):
+    """A peft adapter on every projection (q/k/v packed, o, fc1, fc2) through
+    ``LoRARequest``: the greedy tokens of transformers + peft."""
+    path = build_nanochat(LORA_SHAPE)
+    want = hf_peft_greedy(path, build_nanochat_lora(path), prompts_for(3), LORA_TOKENS)
+    result = offline_runs(LORA_SHAPE)[2]
+    assert result["lora"] == want
+    assert result["lora"] != result["base"], "the adapter must change the output"
+    assert result["base"] == hf_greedy(path, prompts_for(3), LORA_TOKENS)[0]
 
-    path = build_nanochat("mqa-1l")
-    renamed = renamed_copy(path, tmp_path / "acme", "AcmeChatForCausalLM")
-    prompts = prompts_for(2)[:3]
-    want, _ = hf_greedy(path, prompts, 12)
-    server = vllm_server_factory(renamed, ["--max-model-len", "512"], served_model_name="nano",
-                                 env={"VLLM_PLUGIN_MODELS_ALIASES": "AcmeChatForCausalLM=NanoChatForCausalLM"})
-    client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
-    for p, w in zip(prompts, want, strict=True):
-        r = client.completions.create(model="nano", prompt=p, max_tokens=12, temperature=0, logprobs=1,
-                                      extra_body={"return_tokens_as_token_ids": True, "ignore_eos": True})
-        assert [int(t.split(":")[1]) for t in r.choices[0].logprobs.tokens] == w
-    log = server.log_text()
-    pids = re.findall(r"vllm-plugin-models registered \(pid (\d+)\): NanoChatForCausalLM, "
-                      r"AcmeChatForCausalLM->NanoChatForCausalLM", log)
-    # Serving the renamed checkpoint needs the registration in the front end
-    # (architecture resolution) and the engine core (model load); vLLM 0.31
-    # configures logging after the front end loads plugins, so only assert
-    # the lines that are printed are one per process.
-    assert pids and len(pids) == len(set(pids)), "once per process"
+
+def test_offline_adapter_for_modules_nanochat_lacks_is_refused_by_name(offline_runs):
+    result = offline_runs(LORA_SHAPE)[2]
+    refused = result.get("refused")
+    assert refused is not None, "loading the adapter must fail"
+    assert "gate_proj" in refused and "down_proj" in refused, refused
+    # The engine keeps serving, the good adapter included.
+    assert result["lora_after"] == result["lora"] and result["base_after"] == result["base"]
 
 
 def test_bad_alias_is_one_clear_error_and_vllm_keeps_running():

@@ -15,6 +15,12 @@ Follows transformers' modeling exactly:
 The rotary embedding is computed here because vLLM's neox rotary uses the
 other sign convention. Attention and the KV cache are vLLM's ``Attention``
 layer; projections and embeddings are vLLM's tensor-parallel layers.
+
+LoRA (``SupportsLoRA``): vLLM wraps every linear layer (``qkv_proj`` packs
+peft's ``q_proj``/``k_proj``/``v_proj``; ``o_proj``, ``fc1``, ``fc2``), the
+embedding (``embed_tokens``) and the LM head (``lm_head``, through the
+``logits_processor`` it replaces), so adapters saved by peft for
+transformers' NanoChat load by their own module names.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from vllm.model_executor.layers.linear import (
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+from vllm.model_executor.models.interfaces import SupportsLoRA
 
 __all__ = ["NanoChatForCausalLM"]
 
@@ -163,10 +170,14 @@ class NanoChatModel(nn.Module):
         return rms_norm(hidden, self.eps)
 
 
-class NanoChatForCausalLM(nn.Module):
+class NanoChatForCausalLM(nn.Module, SupportsLoRA):
     """vLLM implementation of transformers' ``NanoChatForCausalLM``."""
 
+    # peft names the q/k/v projections of transformers' model; vLLM packs them.
     packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
+    # LoRA on the embedding and on the LM head (vLLM wraps ``logits_processor``
+    # for the latter, so both attribute names are part of the contract).
+    embedding_modules = {"embed_tokens": "input_embeddings", "lm_head": "output_embeddings"}
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
@@ -174,12 +185,13 @@ class NanoChatForCausalLM(nn.Module):
         self.config = config
         self.model = NanoChatModel(vllm_config=vllm_config, prefix=f"{prefix}model" if not prefix
                                    else f"{prefix}.model")
+        # Always a ParallelLMHead (LoRA's LM-head wrapper expects one), sharing
+        # the embedding's weight when the config ties them.
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size,
+                                      quant_config=vllm_config.quant_config,
+                                      prefix=f"{prefix}lm_head" if not prefix else f"{prefix}.lm_head")
         if getattr(config, "tie_word_embeddings", False):
-            self.lm_head = self.model.embed_tokens
-        else:
-            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size,
-                                          quant_config=vllm_config.quant_config,
-                                          prefix=f"{prefix}lm_head" if not prefix else f"{prefix}.lm_head")
+            self.lm_head = self.lm_head.tie_weights(self.model.embed_tokens)
         self.logits_processor = LogitsProcessor(
             config.vocab_size, soft_cap=getattr(config, "final_logit_softcapping", None))
 
