@@ -26,7 +26,7 @@ def plugin_log():
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for var in ("PATH", "REQUESTS", "MAX_BYTES", "KEEP"):
+    for var in ("PATH", "REQUESTS", "MAX_BYTES", "KEEP", "IDLE_S", "QUEUE_MAX"):
         monkeypatch.delenv(f"VLLM_PLUGIN_STATS_{var}", raising=False)
     yield
     from vllm_plugin_stats import _writer

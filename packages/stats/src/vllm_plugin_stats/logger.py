@@ -87,6 +87,7 @@ class _Interval:
         "prompt_tokens",
         "prompt_tokens_cached",
         "records",
+        "samples",
         "scheduler_stats",
         "sd_accepted",
         "sd_draft_tokens",
@@ -97,6 +98,7 @@ class _Interval:
 
     def __init__(self) -> None:
         self.records = 0
+        self.samples = 0  # finished requests + TTFT samples held (bounded by QUEUE_MAX)
         self.scheduler_stats: Any = None
         self.pc_queries = 0
         self.pc_hits = 0
@@ -176,6 +178,10 @@ class JsonlStatLogger(StatLoggerBase):
         self._tot_prompt = 0
         self._tot_generation = 0
         self._tot_preemptions = 0
+        self._tot_idle = 0.0
+        self._idle_rec: dict[str, Any] | None = None
+        self._idle_s = 60.0
+        self._queue_max = _writer.DEFAULT_QUEUE_MAX
         self._writer: _writer.JsonlWriter | None = None
 
         # A bad value: one warning naming the variable and the logger stays
@@ -184,6 +190,8 @@ class JsonlStatLogger(StatLoggerBase):
             setting = path if path is not None else SETTINGS.get("PATH")
             self._requests = bool(SETTINGS.get("REQUESTS"))
             max_bytes, keep = SETTINGS.get("MAX_BYTES"), SETTINGS.get("KEEP")
+            self._idle_s = float(SETTINGS.get("IDLE_S"))
+            self._queue_max = int(SETTINGS.get("QUEUE_MAX"))
         except SettingError as exc:
             if CORE_SETTINGS.get("STRICT"):
                 raise
@@ -192,7 +200,7 @@ class JsonlStatLogger(StatLoggerBase):
         if not setting:
             _inactive_notice()
             return
-        self._writer = _writer.acquire(setting, max_bytes, keep)
+        self._writer = _writer.acquire(setting, max_bytes, keep, self._queue_max)
         self.path = self._writer.path
         self.active = True
         _LIVE.add(self)
@@ -235,11 +243,18 @@ class JsonlStatLogger(StatLoggerBase):
                     ttft = iteration_stats.time_to_first_tokens_iter
                     if ttft:
                         cur.ttft.extend(ttft)
+                        cur.samples += len(ttft)
                     finished = iteration_stats.finished_requests
                     if finished:
                         # One append per step; log() flattens. IterationStats
                         # objects are built fresh for every step by vLLM.
                         cur.finished.append((iteration_stats.iteration_timestamp, finished))
+                        cur.samples += len(finished)
+                full = cur.samples >= self._queue_max
+            if full:
+                # log() is late or never called (--disable-log-stats): write
+                # an interval now so the samples held stay bounded.
+                self._emit_interval()
         except Exception:  # never break vLLM's output loop
             self._disable("record() failed")
 
@@ -273,8 +288,7 @@ class JsonlStatLogger(StatLoggerBase):
         try:
             if self.active and not writer.failed:
                 self._write_start()
-                if self._cur.records:
-                    self._emit_interval()
+                self._emit_interval(final=True)
                 writer.put(self._stop_record())
         except Exception:  # pragma: no cover - defensive
             logger.warning("vllm-plugin-stats: could not write the stop record", exc_info=True)
@@ -347,7 +361,14 @@ class JsonlStatLogger(StatLoggerBase):
         )
         return rec
 
-    def _emit_interval(self) -> None:
+    def _emit_interval(self, final: bool = False) -> None:
+        """Write the interval since the previous one; idle ones are merged.
+
+        An idle interval (nothing running, waiting, finished or computed) is
+        held and merged with the idle ones that follow; the merged record is
+        written once it spans ``IDLE_S`` seconds, before the next busy
+        interval, or at close (``final``).
+        """
         now = time.monotonic()
         with self._lock:
             cur, self._cur = self._cur, _Interval()
@@ -388,7 +409,10 @@ class JsonlStatLogger(StatLoggerBase):
             waiting = sched.num_waiting_reqs + deferred
             kv_usage = sched.kv_cache_usage
 
-        self._intervals += 1
+        dropped = self._writer.take_dropped()
+        idle = (not finished and not cur.ttft and not running and not waiting and not dropped
+                and not cur.prompt_tokens and not cur.generation_tokens and not cur.preemptions
+                and not cur.pc_queries and not cur.sd_drafts)
         self._tot_requests += len(finished)
         self._tot_prompt += cur.prompt_tokens
         self._tot_generation += cur.generation_tokens
@@ -420,13 +444,41 @@ class JsonlStatLogger(StatLoggerBase):
                 "e2e_latency_s": summarize(e2e),
                 "queue_time_s": summarize(queue),
                 "spec_decode": spec,
+                "dropped_records": dropped,
+                "idle": idle,
+                "coalesced": 1,
             }
         )
+        if idle:
+            self._tot_idle += elapsed
+        if idle and (self._idle_s > 0 or final):
+            held = self._idle_rec
+            if held is None and final:
+                return  # an idle tail at close: counted in the stop record's uptime_s and idle_s
+            if held is None:
+                held = self._idle_rec = rec
+            else:
+                held["ts"] = rec["ts"]
+                held["interval_s"] += elapsed
+                held["coalesced"] += 1
+                if rec["kv_cache_usage"] is not None:
+                    held["kv_cache_usage"] = rec["kv_cache_usage"]
+            if final or held["interval_s"] >= self._idle_s:
+                self._put_held_idle()
+            return
+        self._put_held_idle()
+        self._intervals += 1
         self._writer.put(rec)
         if self._requests:
             for ts, batch in cur.finished:
                 for req in batch:
-                    self._writer.put(self._request_record(req, ts))
+                    self._writer.put(self._request_record(req, ts), droppable=True)
+
+    def _put_held_idle(self) -> None:
+        held, self._idle_rec = self._idle_rec, None
+        if held is not None and self._writer is not None:
+            self._intervals += 1
+            self._writer.put(held)
 
     def _request_record(self, req: Any, ts: float) -> dict[str, Any]:
         rec = self._head("request", ts)
@@ -462,6 +514,8 @@ class JsonlStatLogger(StatLoggerBase):
                 "prompt_tokens": self._tot_prompt,
                 "generation_tokens": self._tot_generation,
                 "preemptions": self._tot_preemptions,
+                "idle_s": self._tot_idle,
+                "dropped_records": self._writer.dropped_total if self._writer is not None else 0,
             }
         )
         return rec

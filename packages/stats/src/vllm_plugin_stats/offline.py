@@ -28,20 +28,54 @@ Notes:
   with everything recorded since the previous one, then the ``stop`` record.
 * ``path`` overrides ``VLLM_PLUGIN_STATS_PATH``; with neither set the loggers
   stay inactive.
+* SIGTERM: Python's default action ends the process without running
+  ``atexit``, which would lose the ``stop`` record. The first logger a
+  :class:`StatsHandle` builds in the main thread installs a SIGTERM handler
+  (only where none is installed) that closes every logger, then lets the
+  default action end the process as before.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
-from vllm_plugin_stats.logger import JsonlStatLogger
+from vllm_plugin_stats.logger import JsonlStatLogger, close_all_loggers
 
-__all__ = ["StatsHandle", "close_stats", "engine_with_stats", "stats_engine"]
+__all__ = ["StatsHandle", "close_stats", "engine_with_stats", "install_sigterm_close", "stats_engine"]
 
 _ATTR = "_vllm_plugin_stats"
+_SIGTERM_INSTALLED = False
+
+
+def _close_then_terminate(signum: int, frame: Any) -> None:
+    try:
+        close_all_loggers()
+    finally:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def install_sigterm_close() -> bool:
+    """Close the stats on SIGTERM where the process has no handler of its own.
+
+    Returns True if the handler is installed (now or before).
+    """
+    global _SIGTERM_INSTALLED
+    if _SIGTERM_INSTALLED:
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return False
+    signal.signal(signal.SIGTERM, _close_then_terminate)
+    _SIGTERM_INSTALLED = True
+    return True
 
 
 class StatsHandle:
@@ -58,6 +92,8 @@ class StatsHandle:
     def __call__(self, vllm_config: Any, engine_index: int = 0) -> JsonlStatLogger:
         stat_logger = JsonlStatLogger(vllm_config, engine_index, path=self.path)
         self.loggers.append(stat_logger)
+        if stat_logger.active:
+            install_sigterm_close()
         return stat_logger
 
     def flush(self) -> None:
