@@ -64,5 +64,6 @@ def cached_names(cache_dir: Path) -> list[str]:
 
 
 def temp_entries(cache_dir: Path) -> list[str]:
+    """Temp folders (their ``.lock`` files are not counted)."""
     d = cache_dir / "tmp"
-    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+    return sorted(p.name for p in d.iterdir() if not p.name.endswith(".lock")) if d.exists() else []

@@ -21,14 +21,14 @@ def _counting_fetch(resolver, delay=0.0, fail_after=None):
     calls = []
     original = resolver.store.fetch
 
-    def fetch(name, files, dest):
+    def fetch(name, files, dest, deadline=None):
         calls.append((name, threading.current_thread().name))
         if delay:
             time.sleep(delay)
         if fail_after is not None:
             original(name, files[:fail_after], dest)
             raise ConnectionResetError("simulated: connection lost half-way")
-        original(name, files, dest)
+        original(name, files, dest, deadline)
 
     resolver.store.fetch = fetch
     return calls
@@ -103,7 +103,7 @@ def test_process_killed_half_way_leaves_nothing(tmp_path, store, base_model):
         from lora_store_helpers import make_resolver, run
         r = make_resolver({str(store)!r}, {str(cache)!r})
         original = r.store.fetch
-        def fetch(name, files, dest):
+        def fetch(name, files, dest, deadline=None):
             original(name, files[:1], dest)  # one file written, then killed
             assert os.listdir(dest)
             os._exit(9)
@@ -144,6 +144,7 @@ def test_eviction_keeps_cache_under_bound_and_skips_in_use(tmp_path, store, adap
     assert run(old.resolve_lora(str(base_model), "a1")) is not None
     assert run(old.resolve_lora(str(base_model), "a2")) is not None
     assert cached_names(cache) == ["a1", "a2"]
+    old.cache.close()  # the previous process exits: its leases go
     # 2) this process: a3 evicts the least recently used (a1)
     r = make_resolver(store, cache, cache_max_bytes=bound)
     assert run(r.resolve_lora(str(base_model), "a3")) is not None
@@ -164,7 +165,8 @@ def test_in_use_window_and_pins(tmp_path, store, adapter_src, base_model):
     size = sum(os.path.getsize(store / "good" / f) for f in os.listdir(store / "good"))
     _fill_store(store, adapter_src, ["p", "b", "c"])
     cache = tmp_path / "cache"
-    r = make_resolver(store, cache, cache_max_bytes=int(size * 2.5), in_use_seconds=0.2, pinned=["p"])
+    r = make_resolver(store, cache, cache_max_bytes=int(size * 2.5), in_use_seconds=0.2, pinned=["p"],
+                      negative_ttl=0)
     assert run(r.resolve_lora(str(base_model), "p")) is not None
     assert run(r.resolve_lora(str(base_model), "b")) is not None
     assert run(r.resolve_lora(str(base_model), "c")) is None  # b resolved < 0.2 s ago: in use

@@ -33,7 +33,28 @@ def parse_bytes(raw: str) -> int:
     return value
 
 
+class CredentialsInURI(Exception):
+    """A store URI carries ``user:pass@``. Not a ``ValueError`` on purpose:
+    core's settings would echo the raw value (the secret) in its message."""
+
+
+def redact_uri(uri: str) -> str:
+    """``s3://user:pass@bucket/x`` -> ``s3://***@bucket/x`` (anything else unchanged)."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        return f"{scheme}://***@{netloc.rsplit('@', 1)[1]}{slash}{path}"
+    return uri
+
+
 def check_uri(uri: str) -> None:
+    if redact_uri(uri) != uri:
+        raise CredentialsInURI(
+            f"VLLM_PLUGIN_LORA_STORE_URI={redact_uri(uri)!r} is not valid: it carries credentials "
+            "(user:pass@); give them through the AWS SDK's chain (AWS_ACCESS_KEY_ID, profiles, roles)"
+        )
     if uri.startswith("s3://"):
         if not uri[5:].split("/", 1)[0]:
             raise ValueError("s3:// needs a bucket: s3://bucket or s3://bucket/prefix")
@@ -129,6 +150,49 @@ SETTINGS = Settings(
             "0: for the life of the process (safe: vLLM may re-read the files at any time).",
             check=_non_negative,
             form="a number of seconds >= 0 such as 3600",
+        ),
+        Setting(
+            "MAX_HEADER_BYTES",
+            parse_bytes,
+            1 << 20,
+            "Largest safetensors header accepted (JSON parsed in a worker thread, ~35 ms per MiB "
+            "holding the GIL); 1 MiB holds ~8000 tensors.",
+            form="a byte count such as 1048576 or 4MiB",
+        ),
+        Setting(
+            "NEGATIVE_TTL_SECONDS",
+            float,
+            300.0,
+            "How long a refusal, a miss (name not in the store) or a failed fetch is remembered: "
+            "requests for that name meanwhile cost no listing and no download. After it, a refused "
+            "adapter whose listing is unchanged (same ETags / mtimes) is refused without a download.",
+            check=_non_negative,
+            form="a number of seconds >= 0 such as 300",
+        ),
+        Setting(
+            "FETCH_DEADLINE_SECONDS",
+            float,
+            300.0,
+            "Total time one adapter's listing, download and checks may take; past it the resolver "
+            "answers None (one WARNING) and the fetch is abandoned.",
+            check=_positive,
+            form="a number of seconds > 0 such as 300",
+        ),
+        Setting(
+            "READ_TIMEOUT_SECONDS",
+            float,
+            20.0,
+            "Longest wait for any single read from the store (connect, or the next bytes of a body).",
+            check=_positive,
+            form="a number of seconds > 0 such as 20",
+        ),
+        Setting(
+            "FETCH_THREADS",
+            int,
+            4,
+            "Size of the resolver's own thread pool for listings and downloads (not vLLM's default pool).",
+            check=_positive,
+            form="an integer > 0 such as 4",
         ),
         Setting(
             "PINNED",

@@ -2,7 +2,12 @@
 
 A store lists the files of ``<store>/<name>/`` (top level only: an adapter
 folder is flat) and copies chosen files into a destination folder. Both
-methods block: the resolver calls them in a worker thread.
+methods block: the resolver calls them in a worker thread of its own pool.
+
+A fetch copies at most the listed size of each file (a file that grew is
+refused while streaming), checks the total ``deadline`` between reads, and
+pins each file to the version listed (S3: ``If-Match`` on the listed ETag, so
+the config and the weights cannot come from different uploads).
 """
 
 from __future__ import annotations
@@ -10,14 +15,24 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from vllm_plugin_lora_store.validate import AdapterRefused, check_file_name
 
-__all__ = ["LocalStore", "RemoteFile", "S3Store", "Store", "open_store"]
+__all__ = ["AdapterChanged", "FetchDeadline", "LocalStore", "RemoteFile", "S3Store", "Store", "open_store"]
 
 _CHUNK = 1 << 20
+
+
+class FetchDeadline(TimeoutError):
+    """The fetch ran past its total deadline."""
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise FetchDeadline("the fetch ran past its deadline")
 
 
 @dataclass(frozen=True)
@@ -25,6 +40,7 @@ class RemoteFile:
     name: str  # file name inside the adapter folder
     size: int
     source: str  # local real path or S3 key
+    version: str = ""  # S3 ETag, or a local file's mtime_ns: what the fetch is pinned to
 
 
 class Store:
@@ -35,7 +51,9 @@ class Store:
     def list_files(self, name: str) -> list[RemoteFile] | None:  # pragma: no cover
         raise NotImplementedError
 
-    def fetch(self, name: str, files: list[RemoteFile], dest: str) -> None:  # pragma: no cover
+    def fetch(
+        self, name: str, files: list[RemoteFile], dest: str, deadline: float | None = None
+    ) -> None:  # pragma: no cover
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -79,11 +97,12 @@ class LocalStore(Store):
                 if not stat.S_ISREG(st.st_mode):
                     raise AdapterRefused(name, "bad-file", f"{entry.name!r} is not a regular file")
                 check_file_name(name, entry.name)
-                files.append(RemoteFile(entry.name, st.st_size, target))
+                files.append(RemoteFile(entry.name, st.st_size, target, str(st.st_mtime_ns)))
         return files
 
-    def fetch(self, name: str, files: list[RemoteFile], dest: str) -> None:
+    def fetch(self, name: str, files: list[RemoteFile], dest: str, deadline: float | None = None) -> None:
         for f in files:
+            _check_deadline(deadline)
             if not self._inside(os.path.realpath(f.source)):  # changed since listing
                 raise AdapterRefused(name, "symlink-escape", f"file {f.name!r} now resolves outside the store")
             out = os.path.join(dest, f.name)
@@ -139,11 +158,13 @@ class S3Store(Store):
     normal chain (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, profiles, ...).
     The client is created on first use (boto3 is imported lazily)."""
 
-    def __init__(self, uri: str, client: Any = None) -> None:
+    def __init__(self, uri: str, client: Any = None, *, read_timeout: float = 20.0, pool: int = 4) -> None:
         self.uri = uri
         rest = uri[len("s3://"):]
         self.bucket, _, prefix = rest.partition("/")
         self.prefix = prefix.strip("/")
+        self.read_timeout = read_timeout
+        self.pool = pool
         self._client = client
         self._lock = threading.Lock()
 
@@ -153,8 +174,14 @@ class S3Store(Store):
             with self._lock:
                 if self._client is None:
                     import boto3
+                    from botocore.config import Config
 
-                    self._client = boto3.session.Session().client("s3")
+                    config = Config(
+                        connect_timeout=self.read_timeout,
+                        read_timeout=self.read_timeout,  # the socket timeout of every read
+                        max_pool_connections=max(10, 2 * self.pool),
+                    )
+                    self._client = boto3.session.Session().client("s3", config=config)
         return self._client
 
     def _key_prefix(self, name: str) -> str:
@@ -170,23 +197,57 @@ class S3Store(Store):
                 if not rel or "/" in rel or rel.startswith("."):
                     continue  # the folder marker, a sub-folder or a hidden file: ignored
                 check_file_name(name, rel)
-                files.append(RemoteFile(rel, int(obj["Size"]), obj["Key"]))
+                files.append(RemoteFile(rel, int(obj["Size"]), obj["Key"], str(obj.get("ETag", ""))))
         return files or None
 
-    def fetch(self, name: str, files: list[RemoteFile], dest: str) -> None:
+    def fetch(self, name: str, files: list[RemoteFile], dest: str, deadline: float | None = None) -> None:
         for f in files:
-            out = os.path.join(dest, f.name)
-            self.client.download_file(self.bucket, f.source, out)
-            got = os.path.getsize(out)
-            if got != f.size:
-                raise AdapterRefused(
-                    name, "size", f"file {f.name!r} is {got} bytes, but was listed as {f.size} (changed during fetch?)"
-                )
+            _check_deadline(deadline)
+            kw = {"IfMatch": f.version} if f.version else {}
+            try:
+                resp = self.client.get_object(Bucket=self.bucket, Key=f.source, **kw)
+            except Exception as exc:
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+                if code in ("PreconditionFailed", "412"):
+                    raise AdapterChanged(f"file {f.name!r} changed since it was listed") from None
+                raise
+            body = resp["Body"]
+            try:
+                with open(os.path.join(dest, f.name), "xb") as out:
+                    _stream(name, f, body, out, deadline)
+            finally:
+                body.close()
 
 
-def open_store(uri: str) -> Store:
+class AdapterChanged(Exception):
+    """An object changed between the listing and its download (a new upload)."""
+
+
+def _stream(adapter: str, f: RemoteFile, body: Any, out: Any, deadline: float | None) -> None:
+    """Copy ``body`` into ``out``: at most ``f.size`` bytes, checking the deadline
+    after every read. ``read1`` returns what one socket read brings, so a
+    server dripping bytes cannot hold a read past the deadline."""
+    raw = getattr(body, "_raw_stream", body)
+    read = getattr(raw, "read1", None) or body.read
+    got = 0
+    while True:
+        buf = read(min(_CHUNK, f.size - got + 1))
+        if not buf:
+            break
+        got += len(buf)
+        if got > f.size:
+            raise AdapterRefused(adapter, "size", f"file {f.name!r} is larger than the {f.size} bytes listed")
+        out.write(buf)
+        _check_deadline(deadline)
+    if got != f.size:
+        raise AdapterRefused(
+            adapter, "size", f"file {f.name!r} is {got} bytes, but was listed as {f.size} (changed during fetch?)"
+        )
+
+
+def open_store(uri: str, *, read_timeout: float = 20.0, pool: int = 4) -> Store:
     if uri.startswith("s3://"):
-        return S3Store(uri)
+        return S3Store(uri, read_timeout=read_timeout, pool=pool)
     if uri.startswith("file://"):
         return LocalStore(uri[len("file://"):])
     return LocalStore(uri)

@@ -1,4 +1,4 @@
-"""Safety checks run before anything reaches the engine (standard library only).
+"""Safety checks run before anything reaches the engine.
 
 Every check raises :class:`AdapterRefused` with a short machine-readable
 ``reason`` (used to log each (adapter, reason) once) and a message that names
@@ -16,6 +16,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from vllm_plugin_lora_store.patterns import MATCH_BUDGET_SECONDS, PatternBudget, PatternTooSlow, rank_matcher
+
 __all__ = [
     "PICKLE_SUFFIXES",
     "AdapterRefused",
@@ -24,12 +26,18 @@ __all__ = [
     "check_file_name",
     "check_name",
     "check_rank",
+    "check_rank_pattern",
     "validate_adapter_dir",
 ]
 
 MAX_NAME_LEN = 128
 MAX_CONFIG_BYTES = 1 << 20
-MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit
+#: Default bound on a safetensors header (``MAX_HEADER_BYTES`` setting). A
+#: LoRA header holds ~130 bytes per tensor (1 MiB: ~8000 tensors; all linear
+#: layers of a 80-layer model: ~150 KB); ``json.loads`` holds the GIL while it
+#: parses, ~35 ms per MiB here, so the bound is also a bound on that stall.
+MAX_HEADER_BYTES = 1 << 20
+MAX_TENSOR_KEY_CHARS = 512
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 #: safetensors dtypes and their element sizes in bits.
@@ -153,15 +161,16 @@ def _load_config(adapter: str, path: str) -> dict[str, Any]:
     return config
 
 
-def _module_matcher(adapter: str, target_modules: Any):
-    """PEFT semantics: a string is a regex on the full module name; a list
-    matches the module name or its last dotted components."""
+def _module_matcher(adapter: str, target_modules: Any, budget: PatternBudget):
+    """PEFT semantics: a string is a regex on the full module name (run under
+    ``budget``, never Python's ``re``); a list matches the module name or its
+    last dotted components."""
     if isinstance(target_modules, str):
         try:
-            pattern = re.compile(target_modules)
-        except re.error as exc:
+            pattern = budget.compile(target_modules)
+        except ValueError as exc:
             raise AdapterRefused(adapter, "bad-config", f"target_modules is not a valid regex: {exc}") from None
-        return lambda module: pattern.fullmatch(module) is not None
+        return lambda module: budget.fullmatch(pattern, module)
     if (
         isinstance(target_modules, list)
         and target_modules
@@ -172,14 +181,23 @@ def _module_matcher(adapter: str, target_modules: Any):
     raise AdapterRefused(adapter, "bad-config", "target_modules must be a non-empty list of names or a regex")
 
 
-def _rank_for(module: str, rank: int, rank_pattern: dict[str, int]) -> int:
+def check_rank_pattern(adapter: str, rank_pattern: Any) -> dict[str, int]:
+    """``rank_pattern`` maps keys to positive integers (``64.0`` and ``true`` are refused)."""
+    if rank_pattern is None:
+        return {}
+    if not isinstance(rank_pattern, dict):
+        raise AdapterRefused(adapter, "bad-config", "rank_pattern must be an object")
     for key, value in rank_pattern.items():
-        if re.match(rf"(.*\.)?{key}$", module):
-            return value
-    return rank
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise AdapterRefused(
+                adapter, "bad-config", f"rank_pattern[{key!r}]={value!r} is not a positive integer"
+            )
+    return rank_pattern
 
 
-def read_safetensors_header(adapter: str, path: str) -> tuple[dict[str, Any], int]:
+def read_safetensors_header(
+    adapter: str, path: str, max_header_bytes: int = MAX_HEADER_BYTES
+) -> tuple[dict[str, Any], int]:
     """Return ``(header, data_bytes)``; refuse anything malformed."""
     size = os.path.getsize(path)
     name = os.path.basename(path)
@@ -187,7 +205,13 @@ def read_safetensors_header(adapter: str, path: str) -> tuple[dict[str, Any], in
         raise AdapterRefused(adapter, "bad-safetensors", f"{name} is shorter than 8 bytes")
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-        if n == 0 or n > MAX_HEADER_BYTES or n > size - 8:
+        if n > max_header_bytes:
+            raise AdapterRefused(
+                adapter, "bad-safetensors",
+                f"{name} declares a header of {n} bytes, more than {max_header_bytes} "
+                "(VLLM_PLUGIN_LORA_STORE_MAX_HEADER_BYTES)",
+            )
+        if n == 0 or n > size - 8:
             raise AdapterRefused(
                 adapter, "bad-safetensors", f"{name} declares a header of {n} bytes in a {size}-byte file"
             )
@@ -233,13 +257,44 @@ def _check_tensor_entry(adapter: str, key: str, entry: Any, data_bytes: int) -> 
 _LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_]+)?\.weight")
 
 
-def validate_weights(adapter: str, path: str, config: dict[str, Any], rank: int) -> None:
+def validate_weights(
+    adapter: str,
+    path: str,
+    config: dict[str, Any],
+    rank: int,
+    *,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+    match_budget: float = MATCH_BUDGET_SECONDS,
+) -> None:
     """Check the safetensors header against the adapter's config."""
-    header, data_bytes = read_safetensors_header(adapter, path)
-    matches = _module_matcher(adapter, config.get("target_modules"))
-    rank_pattern = config.get("rank_pattern") or {}
-    if not isinstance(rank_pattern, dict):
-        raise AdapterRefused(adapter, "bad-config", "rank_pattern must be an object")
+    header, data_bytes = read_safetensors_header(adapter, path, max_header_bytes)
+    rank_pattern = check_rank_pattern(adapter, config.get("rank_pattern"))
+    try:
+        _validate_tensors(adapter, header, data_bytes, config, rank, rank_pattern, PatternBudget(match_budget))
+    except PatternTooSlow:
+        raise AdapterRefused(
+            adapter, "bad-config",
+            f"matching its target_modules / rank_pattern against its modules took more than "
+            f"{match_budget * 1000:g} ms (a pattern that backtracks; write plain names)",
+        ) from None
+
+
+def _validate_tensors(
+    adapter: str,
+    header: dict[str, Any],
+    data_bytes: int,
+    config: dict[str, Any],
+    rank: int,
+    rank_pattern: dict[str, int],
+    budget: PatternBudget,
+) -> None:
+    matches = _module_matcher(adapter, config.get("target_modules"), budget)
+    try:
+        rank_index = rank_matcher(budget, rank_pattern)
+    except ValueError as exc:
+        raise AdapterRefused(adapter, "bad-config", str(exc)) from None
+    ranks = list(rank_pattern.values())
+    seen: dict[str, int] = {}
     metadata = header.pop("__metadata__", None)
     if metadata is not None and not (
         isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
@@ -249,6 +304,8 @@ def validate_weights(adapter: str, path: str, config: dict[str, Any], rank: int)
         raise AdapterRefused(adapter, "bad-safetensors", "adapter_model.safetensors holds no tensors")
     spans = []
     for key, entry in header.items():
+        if len(key) > MAX_TENSOR_KEY_CHARS:
+            raise AdapterRefused(adapter, "bad-weights", f"a tensor name is longer than {MAX_TENSOR_KEY_CHARS} characters")
         shape = _check_tensor_entry(adapter, key, entry, data_bytes)
         spans.append(tuple(entry["data_offsets"]))
         m = _LORA_KEY.fullmatch(key)
@@ -257,21 +314,33 @@ def validate_weights(adapter: str, path: str, config: dict[str, Any], rank: int)
         module = m.group("module")
         if module.startswith("base_model.model."):
             module = module[len("base_model.model."):]
-        if not matches(module):
-            raise AdapterRefused(
-                adapter, "bad-weights", f"tensor {key!r} is for module {module!r}, not one of target_modules"
-            )
         if len(shape) != 2:
             raise AdapterRefused(adapter, "bad-weights", f"tensor {key!r} has {len(shape)} dimensions, not 2")
-        expected = _rank_for(module, rank, rank_pattern)
+        expected = seen.get(module)
+        if expected is None:  # each module's patterns run once (its A and B share them)
+            if not matches(module):
+                raise AdapterRefused(
+                    adapter, "bad-weights", f"tensor {key!r} is for module {module!r}, not one of target_modules"
+                )
+            i = rank_index(module)
+            expected = seen[module] = rank if i is None else ranks[i]
         if m.group("ab") == "A" and shape[0] != expected:
             raise AdapterRefused(adapter, "bad-weights", f"lora_A {key!r} has {shape[0]} rows, not rank {expected}")
         if m.group("ab") == "B" and shape[1] != expected:
             raise AdapterRefused(adapter, "bad-weights", f"lora_B {key!r} has {shape[1]} columns, not rank {expected}")
+    # as safetensors itself requires: the tensors tile the data section exactly
     spans.sort()
+    if spans[0][0] != 0:
+        raise AdapterRefused(adapter, "bad-safetensors", f"the data section starts with {spans[0][0]} unused bytes")
     for (_b0, e0), (b1, _) in itertools.pairwise(spans):
         if b1 < e0:
             raise AdapterRefused(adapter, "bad-safetensors", "tensors overlap in the data section")
+        if b1 > e0:
+            raise AdapterRefused(adapter, "bad-safetensors", f"the data section has {b1 - e0} unused bytes at {e0}")
+    if spans[-1][1] != data_bytes:
+        raise AdapterRefused(
+            adapter, "bad-safetensors", f"{data_bytes - spans[-1][1]} trailing bytes follow the last tensor"
+        )
 
 
 def validate_adapter_dir(
@@ -279,6 +348,8 @@ def validate_adapter_dir(
     path: str,
     *,
     allow_pickle: bool = False,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+    match_budget: float = MATCH_BUDGET_SECONDS,
 ) -> AdapterSummary:
     """Validate a complete local adapter folder (config, weights, pickle).
 
@@ -292,13 +363,14 @@ def validate_adapter_dir(
     rank = config.get("r")
     if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
         raise AdapterRefused(adapter, "bad-config", f"its rank r={rank!r} is not a positive integer")
-    rank_pattern = config.get("rank_pattern") or {}
-    ranks = [rank, *(v for v in rank_pattern.values() if isinstance(v, int))] if isinstance(rank_pattern, dict) else [rank]
+    ranks = [rank, *check_rank_pattern(adapter, config.get("rank_pattern")).values()]
     files = os.listdir(path)
     pickles = sorted(f for f in files if f.lower().endswith(PICKLE_SUFFIXES))
     weights = os.path.join(path, "adapter_model.safetensors")
     if os.path.isfile(weights):
-        validate_weights(adapter, weights, config, rank)
+        validate_weights(
+            adapter, weights, config, rank, max_header_bytes=max_header_bytes, match_budget=match_budget
+        )
     elif pickles:
         if not allow_pickle:
             raise AdapterRefused(
