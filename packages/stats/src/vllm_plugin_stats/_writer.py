@@ -289,7 +289,10 @@ class JsonlWriter:
     def _open(self) -> None:
         directory = os.path.dirname(self.path)
         if directory:
-            os.makedirs(directory, exist_ok=True)
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except FileExistsError:
+                pass  # a file in the way: os.open says "Not a directory"
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             st = os.fstat(fd)
@@ -316,7 +319,7 @@ class JsonlWriter:
             return False
         try:
             st = os.stat(self.path)
-        except FileNotFoundError:
+        except OSError:
             return True
         return (st.st_dev, st.st_ino) != self._id
 
