@@ -51,6 +51,8 @@ TEST_DEPS = ["pytest>=8", "openai>=1.0", "transformers", "tokenizers", "safetens
              "nox>=2025.2.9", "check-jsonschema", "pyyaml",
              # lora-store's S3 path against a real S3-compatible server on loopback.
              "boto3", "moto[server]",
+             # stats: `vllm-plugin-stats plot` (the package's `plot` extra).
+             "matplotlib",
              # models: LoRA adapters for NanoChat made by peft itself.
              "peft"]
 #: Where ``build`` writes every package's wheel and sdist (and ``install_alone`` reads them).
