@@ -7,7 +7,8 @@ built here (no hub, no internet).
    official ``openai`` client, and a bad argument answered with HTTP 400;
    and a LoRA adapter loaded on demand by vllm-plugin-lora-store from a
    directory store, named as the request's ``model``;
-4. stops the server with SIGTERM and prints the JSON Lines stats it wrote;
+4. stops the server with SIGTERM, prints the summary table of the JSON Lines
+   stats it wrote and draws their chart (``vllm-plugin-stats summary/plot``);
 5. runs a NanoChat checkpoint (vllm-plugin-models) offline, once under its
    own architecture name and once renamed through an alias, next to
    transformers' greedy tokens for the same prompt;
@@ -90,16 +91,35 @@ def main() -> int:
         time.sleep(1.5)
     finally:
         server.stop(signal.SIGTERM)
-    print(f"[demo] stats     {stats}:")
-    for line in stats.read_text().splitlines():
-        rec = json.loads(line)
-        keys = {k: rec[k] for k in list(rec)[:8]}
-        print(f"[demo]   {rec['type']:<8} {json.dumps(keys)[:150]}")
+    stats_demo(stats, work / "stats-report.png")
     nanochat_demo()
     torch_native_demo(model, prompt, plain)
     chunked_embeddings_demo()
     print(f"[demo] done in {time.monotonic() - t0:.0f} s")
     return 0
+
+
+def stats_demo(stats: Path, chart: Path) -> None:
+    """The JSON Lines file the server wrote: its record types, the summary
+    table (``vllm-plugin-stats summary``) and the chart (``... plot``)."""
+    from vllm_plugin_stats import summary
+
+    kinds: dict[str, int] = {}
+    for line in stats.read_text().splitlines():
+        kind = json.loads(line)["type"]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    print(f"[demo] stats     {stats}: {kinds}")
+    runs = summary.summarize_files([stats], lambda msg: print(f"[demo] stats     warning: {msg}"))
+    table = "\n\n".join(summary.format_table(run, i) for i, run in enumerate(runs, 1))
+    for line in table.splitlines():
+        print(f"[demo]   {line}")
+    try:
+        from vllm_plugin_stats import plot
+
+        plot.plot_files([stats], chart, print, table)
+        print(f"[demo] stats     chart: {chart}  (vllm-plugin-stats plot {stats} -o {chart.name})")
+    except ImportError as exc:
+        print(f"[demo] stats     no chart: {exc}")
 
 
 def nanochat_demo() -> None:

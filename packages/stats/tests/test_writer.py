@@ -63,8 +63,9 @@ def test_disk_blocked_10s_while_10000_request_records_arrive(vllm_config, tmp_pa
         tracemalloc.stop()
     writer = lg._writer
     assert writer.queue_high_water <= 1000 + writer.reserve
-    # 10,000 queued request records of ~2 KB in memory each would be ~20 MB.
-    assert grown < 8 * 2**20, f"grew {grown / 2**20:.1f} MiB while the disk was blocked"
+    # Measured: 1.5 MiB here; an unbounded queue holding all 10,000 request
+    # records grows 6.8 MiB (README, "Figures").
+    assert grown < 3 * 2**20, f"grew {grown / 2**20:.1f} MiB while the disk was blocked"
 
     time.sleep(max(0.0, 10.0 - (time.monotonic() - t0)))
     got: list[bytes] = []
