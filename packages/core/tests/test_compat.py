@@ -20,6 +20,9 @@ SHIM_NEEDED_BEFORE = {
     "make_lora_request": "0.32",
     "io_processor_shapes_response_in_post_process": "0.32",
     "register_attention_backend": "0.32",
+    "set_kv_cache_layout": "0.33",
+    "model_protocol": "0.33",
+    "supports_mamba_prefix_caching": "0.33",
 }
 
 
@@ -95,6 +98,52 @@ def test_platform_method_names():
     names = compat.platform_method_names()
     assert names["get_lora_vocab_padding_size"] == version_in("<0.32")
     assert names["get_mla_prefill_backend_cls"] == version_in(">=0.32")
+    assert names["get_kv_cache_config_builder_cls"] == version_in(">=0.33")
+
+
+def test_set_kv_cache_layout_passes_what_this_vllm_takes():
+    import inspect
+
+    from vllm.v1.worker.worker_base import WorkerBase
+
+    params = list(inspect.signature(WorkerBase.set_kv_cache_layout).parameters)[1:]
+    assert (params == ["kv_cache_layout", "cp_kv_cache_interleave_size"]) == version_in(">=0.33")
+    assert (params == ["kv_cache_layout"]) == version_in("<0.33")
+    seen = []
+
+    class Worker:  # the real method's signature, recorded
+        def set_kv_cache_layout(self, *args):
+            inspect.signature(WorkerBase.set_kv_cache_layout).bind(self, *args)
+            seen.append(args)
+
+    compat.set_kv_cache_layout(Worker(), "NHD", 1)
+    assert seen == [("NHD", 1) if version_in(">=0.33") else ("NHD",)]
+
+
+@pytest.mark.parametrize("name", ["VllmModel", "VllmModelForTextGeneration", "VllmModelForPooling"])
+def test_model_protocol_unsubscripted(name):
+    proto = compat.model_protocol(name)
+
+    class Tiny(proto):  # a plugin's model class may list it as a base, unsubscripted
+        pass
+
+    assert proto in Tiny.__mro__
+    generic = bool(getattr(proto, "__parameters__", ()))
+    assert generic == version_in("<0.33")
+
+
+def test_supports_mamba_prefix_caching():
+    from vllm.model_executor.models import interfaces
+
+    class Plain:
+        pass
+
+    class Flagged:
+        supports_mamba_prefix_caching = True
+
+    assert compat.supports_mamba_prefix_caching(Plain) is False
+    assert compat.supports_mamba_prefix_caching(Flagged) is version_in("<0.33")
+    assert hasattr(interfaces, "supports_mamba_prefix_caching") == version_in("<0.33")
 
 
 def test_register_attention_backend():

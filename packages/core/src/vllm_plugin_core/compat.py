@@ -16,7 +16,10 @@ Shims (see vllm-api-drift.md, numbers refer to its list):
 * ``io_processor_shapes_response_in_post_process`` (4): 0.32 stopped calling
   ``output_to_response``.
 * ``platform_method_names`` / ``non_ssm_backend_method`` (5): platform
-  interface renames.
+  interface renames; ``set_kv_cache_layout`` (6): the worker RPC's new
+  argument in 0.33.
+* ``model_protocol`` / ``supports_mamba_prefix_caching`` (6): model protocols
+  no longer generic in 0.33; the Mamba prefix-caching flag removed there.
 * ``register_attention_backend`` (7): named custom backends from 0.32, the
   single ``CUSTOM`` slot before.
 * ``register_env_vars``: announce plugin settings to vLLM's env validator
@@ -37,9 +40,13 @@ __all__ = [
     "logits_processor_bases",
     "make_lora_request",
     "metric_buckets",
+    "model_protocol",
     "non_ssm_backend_method",
+    "platform_method_names",
     "register_attention_backend",
     "register_env_vars",
+    "set_kv_cache_layout",
+    "supports_mamba_prefix_caching",
     "v2_logits_interface",
 ]
 
@@ -181,6 +188,50 @@ def platform_method_names() -> dict[str, bool]:
         "update_block_size_for_backend",
     )
     return {name: hasattr(Platform, name) for name in names}
+
+
+def set_kv_cache_layout(worker: Any, kv_cache_layout: str, cp_kv_cache_interleave_size: int = 1) -> None:
+    """Call ``worker.set_kv_cache_layout`` with the arguments this vLLM takes.
+
+    Why: 0.33 added a required ``cp_kv_cache_interleave_size`` argument to
+    ``WorkerBase.set_kv_cache_layout`` (the engine core's RPC); before, the
+    layout alone. A worker that overrides it should accept ``*args`` (tests
+    call it through this shim). Can go: when 0.32 leaves the matrix.
+    """
+    require_vllm_installed("workers")
+    if version_in(">=0.33"):
+        worker.set_kv_cache_layout(kv_cache_layout, cp_kv_cache_interleave_size)
+    else:
+        worker.set_kv_cache_layout(kv_cache_layout)
+
+
+# --- 6. model interfaces ---
+
+def model_protocol(name: str = "VllmModel") -> type:
+    """A model protocol of ``interfaces_base`` (``VllmModel``,
+    ``VllmModelForTextGeneration``, ``VllmModelForPooling``), usable unsubscripted.
+
+    Why: the protocols were generic (``VllmModel[T]``) up to 0.32 and are not
+    from 0.33, where subscripting raises ``TypeError``; the bare class works
+    on every version. Can go: when 0.32 leaves the matrix (import it directly).
+    """
+    require_vllm_installed("model interfaces")
+    from vllm.model_executor.models import interfaces_base
+
+    return getattr(interfaces_base, name)
+
+
+def supports_mamba_prefix_caching(model: Any) -> bool:
+    """Whether ``model`` declares Mamba prefix caching (False where vLLM dropped it).
+
+    Why: 0.33 removed ``supports_mamba_prefix_caching`` (function and class
+    flag). Can go: when 0.32 leaves the matrix.
+    """
+    require_vllm_installed("model interfaces")
+    from vllm.model_executor.models import interfaces
+
+    check = getattr(interfaces, "supports_mamba_prefix_caching", None)
+    return bool(check(model)) if check is not None else False
 
 
 # --- 7. attention backend registration ---

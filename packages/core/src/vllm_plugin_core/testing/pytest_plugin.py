@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from vllm_plugin_core.testing import models
+from vllm_plugin_core.testing.platform import engine_env, needs_torch_native
 from vllm_plugin_core.testing.server import VllmServer
 
 #: Keyword arguments that make a tiny model start on a CPU build of vLLM.
@@ -44,6 +45,22 @@ CPU_LLM_KWARGS: dict[str, Any] = {
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "engine: starts a real vLLM engine or server (slow)")
+    if needs_torch_native():
+        # before anything resolves vLLM's current platform in this process
+        try:
+            os.environ.update(engine_env())
+        except RuntimeError as exc:  # torch-native not installed: engine tests say so
+            config.stash[_NO_PLATFORM] = str(exc)
+
+
+_NO_PLATFORM = pytest.StashKey[str]()
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if not needs_torch_native():
+        return None
+    return ("vLLM build without CPU kernels: engines run on the torch-native platform"
+            if _NO_PLATFORM not in config.stash else config.stash[_NO_PLATFORM])
 
 
 @pytest.fixture(scope="session")
@@ -62,8 +79,11 @@ def tiny_lora_adapter(tiny_causal_lm: Path) -> Path:
 
 
 def make_llm(model: str | os.PathLike[str], **kwargs: Any) -> Any:
-    """An offline ``LLM`` for a tiny model, engine in this process."""
+    """An offline ``LLM`` for a tiny model, engine in this process (on the
+    torch-native platform where the vLLM build has no CPU kernels)."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    for name, value in engine_env().items():  # torch-native on builds without CPU kernels
+        os.environ.setdefault(name, value)
     from vllm import LLM
 
     args = {**CPU_LLM_KWARGS, "distributed_executor_backend": "uni", **kwargs}

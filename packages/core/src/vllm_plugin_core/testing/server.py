@@ -48,7 +48,8 @@ class VllmServer:
     Args:
         model: path of the model folder.
         args: extra CLI arguments (``CPU_ARGS`` are added unless ``cpu_args=False``).
-        env: extra environment variables for the server.
+        env: extra environment variables for the server (over
+            :func:`~vllm_plugin_core.testing.platform.engine_env`).
         startup_timeout: seconds to wait for ``/health``.
     """
 
@@ -68,7 +69,10 @@ class VllmServer:
         self.args = [*(CPU_ARGS if cpu_args else ()), *args]
         if served_model_name:
             self.args += ["--served-model-name", served_model_name]
-        self.env = {**os.environ, **(env or {})}
+        from vllm_plugin_core.testing.platform import engine_env
+
+        # torch-native where the vLLM build has no CPU kernels; ``env`` may override
+        self.env = {**os.environ, **engine_env(), **(env or {})}
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="vllm-serve-", suffix=".log")[1])
