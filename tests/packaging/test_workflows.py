@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import shutil
 import subprocess
@@ -19,7 +20,8 @@ def _actionlint() -> str | None:
     return shutil.which("actionlint") or (str(beside_python) if beside_python.exists() else None)
 
 
-def _noxfile():
+@functools.cache
+def _noxfile():  # once: nox registers each session when the file runs
     spec = importlib.util.spec_from_file_location("_noxfile_under_test", ROOT / "noxfile.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -59,6 +61,14 @@ def test_matrix_is_noxfile_vllm_versions() -> None:
     matrix = _load("tests.yml")["jobs"]["tests"]["strategy"]["matrix"]["vllm"]
     assert [str(v) for v in matrix] == list(versions), \
         f"tests.yml's matrix {matrix} != noxfile.py's VLLM_VERSIONS {versions}"
+
+
+def test_next_matrix_is_noxfile_cuda_vllm_versions() -> None:
+    versions = _noxfile().CUDA_VLLM_VERSIONS
+    job = _load("tests.yml")["jobs"]["tests_next"]
+    assert [str(v) for v in job["strategy"]["matrix"]["vllm"]] == list(versions), \
+        f"tests.yml's tests_next matrix != noxfile.py's CUDA_VLLM_VERSIONS {versions}"
+    assert "tests_next(vllm=" in str(job["steps"])
 
 
 def test_release_uses_trusted_publishing() -> None:
