@@ -97,7 +97,7 @@ def figure(runs: list[Run]) -> Any:
         ax.grid(True, alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7, loc="upper right", ncols=2)
-    axes[2].set_ylim(0, 100)
+    axes[2].set_ylim(bottom=0)
     axes[-1].set_xlabel("time since the first interval (s)")
     title = ", ".join(sorted({str(r.starts[min(r.starts)].get("served_model_name") or "?")
                               for r in runs if r.starts})) or "vLLM"

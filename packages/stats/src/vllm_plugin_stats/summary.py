@@ -155,7 +155,8 @@ def format_table(summary: dict[str, Any], index: int = 1) -> str:
         f"started {started}{'' if s['complete'] else ', NO stop record (cut off?)'}",
         f"  {'uptime':<18}{s['uptime_s']:.1f} s (idle {s['idle_s']:.1f} s, {s['intervals']} interval records)",
         f"  {'requests':<18}{s['requests']} ({_num(s['request_throughput'], '{:.2f}')}/s)"
-        + (f"  {s['finish_reasons']}" if s["finish_reasons"] else ""),
+        + (f"; finished by {', '.join(f'{k} {v}' for k, v in sorted(s['finish_reasons'].items()))}"
+           if s["finish_reasons"] else ""),
         f"  {'tokens':<18}prompt {s['prompt_tokens']}, generation {s['generation_tokens']}",
         f"  {'throughput':<18}prompt {_num(s['prompt_throughput'], '{:.1f}')} tok/s, "
         f"generation {_num(s['generation_throughput'], '{:.1f}')} tok/s (over the uptime)",
