@@ -104,7 +104,8 @@ def test_dry_fields_validated_even_when_off() -> None:
         ("dry_penalty_last_n", -2, "dry_penalty_last_n must be an integer >= -1, got -2"),
         ("dry_penalty_last_n", "64", "dry_penalty_last_n must be an integer >= -1, got '64'"),
         ("dry_sequence_breakers", "\n", "dry_sequence_breakers must be a list of non-empty"),
-        ("dry_sequence_breakers", '"x"', "dry_sequence_breakers must be a list of non-empty"),
+        ("dry_sequence_breakers", "x, y", "dry_sequence_breakers must be a list of non-empty"),
+        ("dry_sequence_breakers", '"x", ""', "dry_sequence_breakers must be a list of non-empty"),
         ("dry_sequence_breakers", [1], "dry_sequence_breakers must be a list of non-empty"),
         ("dry_sequence_breakers", [""], "dry_sequence_breakers must be a list of non-empty"),
         ("dry_sequence_breakers", "[1]", "dry_sequence_breakers must be a list of non-empty"),
@@ -136,11 +137,17 @@ def test_xtc_valid() -> None:
     assert parse_xtc({"xtc_threshold": None, "xtc_probability": None}) is None
 
 
-def test_xtc_needs_both() -> None:
+def test_xtc_threshold_defaults_to_0_1_as_llama_cpp_and_webui() -> None:
     with pytest.raises(ValueError, match="xtc_probability is needed"):
         parse_xtc({"xtc_threshold": 0.1})
-    with pytest.raises(ValueError, match="xtc_threshold is needed"):
-        parse_xtc({"xtc_probability": 0.5})
+    assert parse_xtc({"xtc_probability": 0.5}) == XtcParams(0.1, 0.5)
+
+
+def test_dry_breakers_webui_comma_separated() -> None:
+    """text-generation-webui sends the list's items without brackets."""
+    p = parse_dry({"dry_multiplier": 1.0, "dry_sequence_breakers": '"\\n", ":", "\\"", "*"'})
+    assert p.sequence_breakers == ("\n", ":", '"', "*")
+    assert parse_dry({"dry_multiplier": 1.0, "dry_sequence_breakers": '"Alice:"'}).sequence_breakers == ("Alice:",)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@ loader, against independent references run on the same model with transformers.
 
 One engine for the whole module. ``max_num_seqs=4`` with more requests than
 that makes requests join, leave and move in the persistent batch while others
-are still decoding, so ``update_state`` sees every kind of batch change.
+are still decoding, so ``update_state`` sees every kind of batch change;
+``max_num_batched_tokens=32`` prefills long prompts in chunks, and a KV cache
+of 768 tokens preempts long requests running together.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from reference import dry_penalty, greedy, ngram_banned, xtc_remove
 pytestmark = pytest.mark.engine
 
 MAX_TOKENS = 24
+KV_TOKENS = 768  # tokens of KV cache (2 layers x K,V x 2 heads x 64 x float32 each)
 
 
 @pytest.fixture(scope="module")
 def llm(vllm_llm_factory, tiny_causal_lm):
-    return vllm_llm_factory(tiny_causal_lm, max_num_seqs=4, enable_prefix_caching=True)
+    return vllm_llm_factory(tiny_causal_lm, max_num_seqs=4, enable_prefix_caching=True,
+                            max_num_batched_tokens=32, kv_cache_memory_bytes=KV_TOKENS * 2 * 2 * 2 * 64 * 4,
+                            disable_log_stats=False)  # preemption count from llm.get_metrics()
 
 
 @pytest.fixture(scope="module")
@@ -82,20 +87,27 @@ def test_mixed_batch_ngram_and_plain(llm, hf, prompts):
 
 
 def test_ngram_banned_sets_equal_transformers():
-    """Differential test of the per-step banned sets against transformers."""
+    """Differential test of the per-step banned sets against transformers,
+    through the processor's V1 interface, one token appended per step."""
     from transformers import NoRepeatNGramLogitsProcessor
+    from vllm import SamplingParams
 
-    from vllm_plugin_samplers.params import NgramParams
-    from vllm_plugin_samplers.processors import Context, NgramState
+    from vllm_plugin_core import compat
+    from vllm_plugin_samplers.processors import NoRepeatNgramLogitsProcessor
 
+    BatchUpdate, _ = compat.batch_update_types()
     rng = random.Random(7)
     for _ in range(60):
         n = rng.randrange(1, 5)
         seq = [rng.randrange(6) for _ in range(rng.randrange(1, 40))]
-        state = NgramState(NgramParams(n))
+        proc = NoRepeatNgramLogitsProcessor(None, torch.device("cpu"), False)
+        out: list[int] = []
+        proc.update_state(BatchUpdate(batch_size=1, removed=[], moved=[], added=[
+            (0, SamplingParams(extra_args={"no_repeat_ngram_size": n}), seq[:1], out)]))
         for cut in range(1, len(seq) + 1):
-            row = torch.zeros(6)
-            state.apply(row, Context(seq[:cut], []))
+            if cut > 1:
+                out.append(seq[cut - 1])
+            row = proc.apply(torch.zeros(1, 6))[0]
             hf_row = NoRepeatNGramLogitsProcessor(n)(torch.tensor([seq[:cut]]), torch.zeros(1, 6))[0]
             assert torch.equal(torch.isinf(row), torch.isinf(hf_row)), (n, seq[:cut])
 
@@ -117,10 +129,7 @@ def test_dry_against_reference(llm, hf, prompts):
         allowed, last_n = ea.get("dry_allowed_length", 2), ea.get("dry_penalty_last_n", 0)
         # Random token ids are never the default breakers' tokens here except by chance;
         # the processor resolves breakers through the tokenizer, so do the same.
-        from vllm_plugin_samplers.processors import _breakers
-
-        breakers = set(_breakers(str(llm.llm_engine.model_config.tokenizer), False, None,
-                                 ("\n", ":", '"', "*")))
+        breakers = set(default_breakers(llm))
 
         def edit(lg, c, mult=mult, base=base, allowed=allowed, last_n=last_n, breakers=breakers):
             lg = lg.clone()
@@ -132,6 +141,14 @@ def test_dry_against_reference(llm, hf, prompts):
         assert tokens == expected, ea
         changed += tokens != greedy(hf, prompt, MAX_TOKENS)
     assert changed >= 3
+
+
+def default_breakers(llm):
+    from vllm_plugin_samplers.breakers import load_resolver
+    from vllm_plugin_samplers.params import DEFAULT_DRY_SEQUENCE_BREAKERS
+
+    resolver = load_resolver(str(llm.llm_engine.model_config.tokenizer), False, None)
+    return resolver(DEFAULT_DRY_SEQUENCE_BREAKERS).single
 
 
 def test_xtc_against_reference_and_seeded(llm, hf, prompts):
@@ -171,3 +188,62 @@ def test_bad_arguments_rejected_engine_alive(llm, extra, message):
     assert isinstance(err.value, ValueError) or type(err.value).__name__ == "VLLMValidationError"
     out = llm.generate([{"prompt_token_ids": [5, 6, 7]}], SamplingParams(max_tokens=2), use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 2
+
+
+def _preemptions(llm) -> float:
+    return sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions")
+
+
+def test_seeded_xtc_and_dry_same_text_alone_mixed_chunked_preempted(llm, hf, prompts):
+    """A seeded XTC request (probability 0.5, so the text follows the coins) gives
+    the reference's text, whose coin is a pure function of (seed, output
+    position): alone, in a mixed batch, with its long prompt prefilled in
+    chunks, and while long requests running together are preempted. DRY
+    requests in the same batches match their reference too."""
+    from vllm import SamplingParams
+
+    from vllm_plugin_samplers.xtc import coin
+
+    rng = random.Random(99)
+    long_prompts = [[rng.randrange(3, 500) for _ in range(50)] * 4 for _ in range(4)]  # 200 tokens: chunked
+    xtc = {"xtc_probability": 0.5, "xtc_threshold": 0.05}
+    dry = {"dry_multiplier": 2.0, "dry_allowed_length": 2}
+    n = 80
+    breakers = set(default_breakers(llm))
+
+    def xtc_ref(prompt, seed):
+        def edit(lg, c):
+            hit = float(coin(torch.tensor([seed]), torch.tensor([len(c) - len(prompt)]))[0]) < 0.5
+            return xtc_remove(lg, 0.05) if hit else lg
+        return greedy(hf, prompt, n, edit)
+
+    def dry_ref(prompt):
+        def edit(lg, c):
+            lg = lg.clone()
+            for tok, pen in dry_penalty(c, 2.0, 1.75, 2, breakers).items():
+                lg[tok] -= pen
+            return lg
+        return greedy(hf, prompt, n, edit)
+
+    def run(items):
+        params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, extra_args=ea, seed=seed)
+                  for _, ea, seed in items]
+        outs = llm.generate([{"prompt_token_ids": p} for p, _, _ in items], params, use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outs]
+
+    target = long_prompts[0]
+    want = xtc_ref(target, 5)
+    assert want != xtc_ref(target, 6), "the seed should matter for this prompt"
+    assert run([(target, xtc, 5)]) == [want]  # alone (prefilled in chunks of 32)
+    mixed = run([(prompts[0], None, None), (target, xtc, 5), (prompts[1], xtc, 6), (prompts[2], dry, None)])
+    assert mixed[1] == want
+    before = _preemptions(llm)
+    # Each needs 280 tokens (3 blocks of 128 on CPU); the 768-token cache holds 6 blocks, so
+    # requests admitted with 2 blocks are preempted when they grow, then resumed.
+    got = run([(long_prompts[1], dry, None), (target, xtc, 5), (long_prompts[2], dry, None),
+               (long_prompts[3], xtc, 7)])
+    assert _preemptions(llm) > before, "the batch should have been preempted"
+    assert got[1] == want
+    assert got[3] == xtc_ref(long_prompts[3], 7)
+    assert got[0] == dry_ref(long_prompts[1])
+    assert got[2] == dry_ref(long_prompts[2])

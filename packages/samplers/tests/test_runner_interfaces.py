@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vllm_plugin_core import compat
+from vllm_plugin_samplers.breakers import Resolver
 from vllm_plugin_samplers.processors import (
     DryLogitsProcessor,
     NoRepeatNgramLogitsProcessor,
@@ -81,45 +82,87 @@ needs_v2 = pytest.mark.skipif(
 )
 
 
-class _Staged:
-    def __init__(self, t):
-        self.gpu = t
+def v2_state(v2, tokens: torch.Tensor, prompt_len: list[int], prefill_len: list[int]):
+    """vLLM's own V2 request-state types, on their no-pinned-memory fallback
+    (this CPU machine reports UVA but cannot pin memory)."""
+    from unittest import mock
+
+    from vllm.v1.worker.gpu import buffer_utils
+    from vllm.v1.worker.gpu.buffer_utils import StagedWriteTensor, UvaBackedTensor
+
+    with mock.patch.object(buffer_utils, "is_uva_available", lambda: False):
+        return _v2_state(v2, tokens, prompt_len, prefill_len, StagedWriteTensor, UvaBackedTensor)
+
+
+def _v2_state(v2, tokens, prompt_len, prefill_len, StagedWriteTensor, UvaBackedTensor):
+    slots, width = tokens.shape
+    ids = StagedWriteTensor((slots, width), torch.int32, torch.device("cpu"))
+    ids.gpu[:] = tokens
+    lens = []
+    for values in (prompt_len, prefill_len):
+        t = UvaBackedTensor(slots, torch.int32)
+        t.np[:] = values
+        t.copy_to_uva()
+        lens.append(t)
+    total = StagedWriteTensor(slots, torch.int32, torch.device("cpu"))
+    total.gpu[:] = torch.tensor(prefill_len)
+    return v2.LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=slots, vocab_size=VOCAB,
+                                     all_token_ids=ids, prompt_len=lens[0], prefill_len=lens[1], total_len=total)
+
+
+def v2_ctx(v2, slots, local, input_ids, pos, upper):
+    import numpy as np
+
+    reqs = sorted(set(slots), key=slots.index)
+    return v2.LogitsContext(
+        expanded_idx_mapping=torch.tensor(slots, dtype=torch.int32), idx_mapping=torch.tensor(reqs, dtype=torch.int32),
+        idx_mapping_np=np.array(reqs, dtype=np.int32), expanded_local_pos=torch.tensor(local, dtype=torch.int32),
+        input_ids=torch.tensor(input_ids, dtype=torch.int32), pos=torch.tensor(pos, dtype=torch.int64),
+        seq_lens_upper_bound_np=np.array(upper, dtype=np.int32))
+
+
+class Cfg:
+    """The parts of VllmConfig the processors read."""
+
+    speculative_config = None
+
+    class model_config:
+        tokenizer = "unused"
+        trust_remote_code = False
+        seed = 0
+
+        @staticmethod
+        def get_vocab_size():
+            return VOCAB
+
+
+@pytest.fixture
+def digits_tokenizer(monkeypatch):
+    """Token i's text is str(i) (no breaker among them)."""
+    monkeypatch.setattr("vllm_plugin_samplers.processors.make_resolver",
+                        lambda cfg: Resolver([str(i) for i in range(VOCAB)]))
+
+
+ARGS = {NoRepeatNgramLogitsProcessor: {"no_repeat_ngram_size": 2},
+        DryLogitsProcessor: {"dry_multiplier": 1.0, "dry_allowed_length": 1},
+        XtcLogitsProcessor: {"xtc_threshold": 0.01, "xtc_probability": 1.0}}
 
 
 @needs_v2
 @pytest.mark.parametrize("cls", [NoRepeatNgramLogitsProcessor, DryLogitsProcessor, XtcLogitsProcessor])
-def test_v2_interface(cls, monkeypatch):
-    import numpy as np
-
+def test_v2_interface(cls, digits_tokenizer):
     v2 = compat.v2_logits_interface()
     assert issubclass(cls, v2.LogitsProcessor)
     tokens = torch.zeros(4, 32, dtype=torch.long)
     tokens[2, :5] = torch.tensor([1, 2, 3, 1, 2])
-    req_states = v2.LogitsProcRequestState(
-        device=torch.device("cpu"), max_num_reqs=4, vocab_size=VOCAB,
-        all_token_ids=_Staged(tokens), prompt_len=_Staged(torch.tensor([0, 0, 3, 0])),
-        prefill_len=_Staged(torch.tensor([0, 0, 3, 0])), total_len=_Staged(torch.tensor([0, 0, 5, 0])))
-    monkeypatch.setattr("vllm_plugin_samplers.processors._breakers", lambda *a: frozenset())
-
-    class Cfg:
-        class model_config:
-            tokenizer = "unused"
-            trust_remote_code = False
-
+    req_states = v2_state(v2, tokens, [0, 0, 3, 0], [0, 0, 5, 0])
     proc = cls(Cfg, req_states)
     assert proc.v2
-    args = {NoRepeatNgramLogitsProcessor: {"no_repeat_ngram_size": 2},
-            DryLogitsProcessor: {"dry_multiplier": 1.0, "dry_allowed_length": 1},
-            XtcLogitsProcessor: {"xtc_threshold": 0.01, "xtc_probability": 1.0}}[cls]
-    assert proc.add_request(2, sp(**args)) is True
+    assert proc.add_request(2, sp(**ARGS[cls])) is True
     assert proc.add_request(1, sp()) is False
     proc.apply_staged_writes()
     # Row 0 is slot 1 (no arguments), row 1 is slot 2 at position 4 (5 tokens seen).
-    ctx = v2.LogitsContext(
-        expanded_idx_mapping=torch.tensor([1, 2]), idx_mapping=torch.tensor([1, 2]),
-        idx_mapping_np=np.array([1, 2]), expanded_local_pos=torch.tensor([0, 0]),
-        input_ids=torch.tensor([0, 2]), pos=torch.tensor([7, 4]),
-        seq_lens_upper_bound_np=np.array([8, 5]))
+    ctx = v2_ctx(v2, [1, 2], [0, 0], [0, 2], [7, 4], [8, 5])
     logits = torch.randn(2, VOCAB)
     before = logits.clone()
     out = proc.apply(logits, ctx)
@@ -131,3 +174,130 @@ def test_v2_interface(cls, monkeypatch):
         assert torch.allclose(out[1, 3], before[1, 3] - 1.75)
     else:
         assert torch.isinf(out[1]).sum() >= 1
+    # The slot is reused by a request without arguments: the shortcut returns at once.
+    assert proc.add_request(2, sp()) is False
+    proc.apply_staged_writes()
+    logits = torch.randn(2, VOCAB)
+    assert proc.apply(logits, ctx) is logits and not torch.isinf(logits).any()
+
+
+def _expected(cls, context):
+    from reference import dry_penalty, ngram_banned
+
+    row = torch.zeros(VOCAB)
+    if cls is NoRepeatNgramLogitsProcessor:
+        row[sorted(ngram_banned(context, 2))] = float("-inf")
+    else:
+        for t, p in dry_penalty(context, 1.0, 1.75, 1, set()).items():
+            row[t] -= p
+    return row
+
+
+@needs_v2
+@pytest.mark.parametrize("cls", [NoRepeatNgramLogitsProcessor, DryLogitsProcessor])
+def test_v2_speculative_draft_rows(cls, digits_tokenizer):
+    """Draft rows see committed + the drafts before them (ctx.input_ids), and
+    drafts are never committed: the next step continues from what was accepted."""
+    v2 = compat.v2_logits_interface()
+
+    class Spec(Cfg):
+        class speculative_config:
+            num_speculative_tokens = 2
+
+    committed = [1, 2, 3, 1, 2, 3, 4]
+    tokens = torch.zeros(2, 32, dtype=torch.long)
+    tokens[1, :5] = torch.tensor(committed[:5])
+    req_states = v2_state(v2, tokens, [0, 5], [0, 5])
+    proc = cls(Spec, req_states)
+    assert proc.add_request(1, sp(**ARGS[cls])) and proc.num_spec == 2
+    proc.apply_staged_writes()
+    # Step 1: last committed token 2 at position 4, drafts 3 and 1 (rows 1, 2).
+    ctx = v2_ctx(v2, [1, 1, 1], [0, 1, 2], [2, 3, 1], [4, 5, 6], [7])
+    out = proc.apply(torch.zeros(3, VOCAB), ctx)
+    for r, ctx_tokens in enumerate([committed[:5], [*committed[:5], 3], [*committed[:5], 3, 1]]):
+        assert torch.allclose(out[r], _expected(cls, ctx_tokens)), r
+    # Draft 3 accepted, 1 rejected, bonus token 4: committed is now 1 2 3 1 2 3 4.
+    tokens[1, :7] = torch.tensor(committed)
+    req_states.all_token_ids.gpu[:] = tokens
+    ctx = v2_ctx(v2, [1, 1, 1], [0, 1, 2], [4, 1, 2], [6, 7, 8], [9])
+    out = proc.apply(torch.zeros(3, VOCAB), ctx)
+    for r, ctx_tokens in enumerate([committed, [*committed, 1], [*committed, 1, 2]]):
+        assert torch.allclose(out[r], _expected(cls, ctx_tokens)), r
+
+
+def _no_sync_mode():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    syncing = {"_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "item",
+               "_unique2", "unique_dim", "unique_consecutive", "repeat_interleave", "_assert_async"}
+
+    class NoHostSync(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in syncing:
+                raise AssertionError(f"host sync in the per-step path: {func}")
+            if name.startswith("index") and any(
+                    isinstance(a, torch.Tensor) and a.dtype == torch.bool
+                    for a in (args[1] if len(args) > 1 and isinstance(args[1], list | tuple) else ())):
+                raise AssertionError(f"boolean-mask indexing (a host sync) in the per-step path: {func}")
+            return func(*args, **(kwargs or {}))
+
+    return NoHostSync()
+
+
+def _to_meta(req_states):
+    """Device tensors on the meta device: any read back to the host fails."""
+    for buf in (req_states.all_token_ids, req_states.prompt_len, req_states.prefill_len, req_states.total_len):
+        buf.gpu = buf.gpu.to("meta")
+    return req_states
+
+
+@needs_v2
+@pytest.mark.parametrize("spec", [0, 2])
+@pytest.mark.parametrize("cls", [NoRepeatNgramLogitsProcessor, DryLogitsProcessor, XtcLogitsProcessor])
+def test_v2_apply_has_no_host_sync(cls, spec, digits_tokenizer):
+    """apply(logits, ctx) under a dispatch mode that fails on any host-sync op,
+    with every tensor on the meta device (a .tolist()/.numpy() would fail too)."""
+    import dataclasses
+
+    v2 = compat.v2_logits_interface()
+
+    class C(Cfg):
+        class speculative_config:
+            num_speculative_tokens = spec
+
+    tokens = torch.randint(0, VOCAB, (4, 64))
+    req_states = v2_state(v2, tokens, [3, 5, 8, 2], [3, 5, 8, 2])
+    req_states = dataclasses.replace(req_states, device=torch.device("meta"))
+    _to_meta(req_states)
+    proc = cls(C, req_states)
+    for slot in (0, 2, 3):
+        proc.add_request(slot, sp(**ARGS[cls]))
+    proc.add_request(1, sp())
+    proc.apply_staged_writes()
+    rows = [s for s in (2, 0, 1, 3) for _ in range(spec + 1)]
+    local = [j for _ in (2, 0, 1, 3) for j in range(spec + 1)]
+    ctx = v2_ctx(v2, rows, local, [1] * len(rows), [10 + j for j in local], [12, 12, 12, 12])
+    ctx = dataclasses.replace(ctx, **{f.name: getattr(ctx, f.name).to("meta") for f in dataclasses.fields(ctx)
+                                      if isinstance(getattr(ctx, f.name), torch.Tensor)})
+    logits = torch.empty(len(rows), VOCAB, device="meta")
+    with _no_sync_mode():
+        for _ in range(3):
+            proc.apply(logits, ctx)
+
+
+@pytest.mark.parametrize("cls", [NoRepeatNgramLogitsProcessor, DryLogitsProcessor, XtcLogitsProcessor])
+def test_v1_apply_has_no_device_sync(cls, digits_tokenizer):
+    """V1: the only host work is reading vLLM's Python lists; no tensor is read back."""
+    BatchUpdate, _ = compat.batch_update_types()
+    proc = cls(Cfg, torch.device("meta"), False)
+    outs = [[1, 2], [3], [4, 5, 6]]
+    proc.update_state(BatchUpdate(batch_size=3, removed=[], moved=[], added=[
+        (i, sp(**ARGS[cls]), [7, 8, 7], outs[i]) for i in range(3)]))
+    logits = torch.empty(3, VOCAB, device="meta")
+    with _no_sync_mode():
+        for t in range(3):
+            for o in outs:
+                o.append(t)
+            proc.update_state(None)
+            proc.apply(logits)

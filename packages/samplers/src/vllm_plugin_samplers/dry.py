@@ -151,97 +151,38 @@ def breaker_token_ids(breakers: Sequence[str], tokenizer: Any) -> frozenset[int]
 
 
 class DryMatcher:
-    """Incremental, vectorised DRY for one request (what the logits processor uses).
-
-    Keeps ``match[i]``: the length of the longest common suffix of the context
-    ending at ``i`` and the context ending at its last token, never crossing a
-    sequence breaker. Appending token ``x`` updates it with one vectorised
-    shift-and-compare (``match'[i] = match[i-1] + 1 if tokens[i] == x``), so a
-    decode step costs O(context) tensor work and no Python loop over the
-    context. Gives the same penalties as :func:`dry_penalties`.
-    """
+    """One request's DRY state on the batched engine (:mod:`.suffix`, :mod:`.penalties`):
+    admission in one vectorised pass, one shift-and-compare per appended token.
+    Gives the same penalties as :func:`dry_penalties` (single-token breakers)."""
 
     def __init__(self, params: DryParams, breaker_ids: frozenset[int], tokens: Sequence[int] = ()) -> None:
         import torch
 
-        self.params = params
+        from .breakers import BreakerSet
+        from .penalties import DryBatch
+
         self._torch = torch
-        self._breakers = torch.tensor(sorted(breaker_ids), dtype=torch.long)
-        self.tokens = torch.empty(0, dtype=torch.long)
-        self.match = torch.empty(0, dtype=torch.long)
-        self._max_exp = _max_exponent(params.base)
-        self.extend(tokens)
+        vocab = max([*breaker_ids, *tokens, 1023]) + 1
+        self._vocab = vocab
+        self.batch = DryBatch(1, torch.device("cpu"), vocab)
+        self.batch.set_breakers(0, BreakerSet(frozenset(breaker_ids)))
+        self.batch.add(0, params, torch.as_tensor(list(tokens), dtype=torch.long))
 
     def __len__(self) -> int:
-        return int(self.tokens.numel())
-
-    def _is_breaker(self, t: Any) -> Any:
-        return self._torch.isin(t, self._breakers)
+        return int(self.batch.bank.length[0])
 
     def extend(self, new_tokens: Sequence[int]) -> None:
-        """Append tokens; prompt-sized appends use one batched pass per token
-        of the longest match, decode steps one shift-and-compare."""
+        """Append tokens (one batched step each)."""
         torch = self._torch
-        new = torch.as_tensor(list(new_tokens), dtype=torch.long)
-        if new.numel() == 0:
-            return
-        if new.numel() == 1 and self.tokens.numel() > 0:
-            x = new
-            prev = torch.cat([torch.zeros(1, dtype=torch.long), self.match])
-            self.tokens = torch.cat([self.tokens, x])
-            eq = self.tokens[:-1] == x
-            if bool(self._is_breaker(x)):
-                self.match = torch.zeros_like(prev)
-            else:
-                self.match = torch.where(eq, prev + 1, torch.zeros_like(prev))
-            return
-        self.tokens = torch.cat([self.tokens, new])
-        self.match = self._recompute()
-
-    def _recompute(self) -> Any:
-        """match[i] for i < e from scratch: compare shifted copies while any
-        position still matches (work = O(context x longest match))."""
-        torch = self._torch
-        t = self.tokens
-        e = t.numel() - 1
-        match = torch.zeros(e, dtype=torch.long)
-        if e <= 0:
-            return match
-        brk = self._is_breaker(t)
-        alive = torch.ones(e, dtype=torch.bool)
-        idx = torch.arange(e)
-        for j in range(e):
-            if bool(brk[e - j]):
-                break
-            pos = idx - j
-            ok = alive & (pos >= 0)
-            ok[ok.clone()] = t[pos[ok]] == t[e - j]
-            alive = ok
-            if not bool(alive.any()):
-                break
-            match += alive.long()
-        return match
+        for t in new_tokens:
+            self.batch.bank.ensure_width(self.batch.need(0, len(self) + 1))
+            self.batch.append_rows(torch.tensor([0]), torch.tensor([t]))
 
     def penalties(self) -> tuple[Any, Any]:
         """``(token ids, penalties)`` tensors for the current context."""
         torch = self._torch
-        p = self.params
-        n = self.tokens.numel()
-        empty = (torch.empty(0, dtype=torch.long), torch.empty(0))
-        if n < 2 or p.multiplier == 0:
-            return empty
-        ws = max(0, n - p.penalty_last_n) if p.penalty_last_n > 0 else 0
-        i = torch.arange(ws, n - 1)
-        length = torch.minimum(self.match[ws:], i - ws + 1)
-        nxt = self.tokens[ws + 1:]
-        keep = (length >= p.allowed_length) & ~self._is_breaker(nxt)
-        if not bool(keep.any()):
-            return empty
-        exp = (length[keep] - p.allowed_length).double()
-        if self._max_exp is not None:
-            exp = exp.clamp(max=self._max_exp)
-        pen = p.multiplier * torch.pow(torch.tensor(p.base, dtype=torch.float64), exp)
-        ids = nxt[keep]
-        uniq, inv = torch.unique(ids, return_inverse=True)
-        out = torch.zeros(uniq.numel(), dtype=torch.float64).scatter_reduce(0, inv, pen, reduce="amax")
-        return uniq, out.float()
+        vocab = max(self._vocab, int(self.batch.bank.tok.max()) + 1)
+        logits = torch.zeros(1, vocab)
+        self.batch.penalize(logits, torch.tensor([0]), torch.tensor([0]))
+        ids = torch.nonzero(logits[0]).flatten()
+        return ids, -logits[0, ids]

@@ -17,6 +17,7 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_DRY_SEQUENCE_BREAKERS",
+    "DEFAULT_XTC_THRESHOLD",
     "DryParams",
     "NgramParams",
     "XtcParams",
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 DEFAULT_DRY_SEQUENCE_BREAKERS: tuple[str, ...] = ("\n", ":", '"', "*")
+DEFAULT_XTC_THRESHOLD = 0.1
 
 
 @dataclass(frozen=True)
@@ -94,13 +96,19 @@ def _int_field(name: str, value: Any, minimum: int) -> int:
 
 
 def _breakers_field(name: str, value: Any) -> tuple[str, ...]:
-    form = "a list of non-empty strings or a JSON string of such a list"
+    form = ("a list of non-empty strings, a JSON string of such a list, or text-generation-webui's "
+            'comma-separated quoted strings (\'"\\n", ":", "*"\')')
     raw = value
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
-            raise ValueError(f"{name} must be {form}, got {raw!r}") from None
+            try:  # webui: the list's items without the brackets
+                value = json.loads(f"[{value}]") or None
+            except json.JSONDecodeError:
+                raise ValueError(f"{name} must be {form}, got {raw!r}") from None
+        if isinstance(value, str):  # a single quoted string
+            value = [value]
     if not isinstance(value, list | tuple) or not all(
         isinstance(s, str) and s for s in value
     ):
@@ -155,9 +163,9 @@ def parse_dry(extra_args: Mapping[str, Any] | None) -> DryParams | None:
 def parse_xtc(extra_args: Mapping[str, Any] | None) -> XtcParams | None:
     """Parse ``xtc_threshold`` and ``xtc_probability``.
 
-    XTC is on iff ``xtc_probability`` > 0 and ``xtc_threshold`` is set. Setting
-    only one of them is an error, except ``xtc_probability == 0`` alone, which
-    simply means off.
+    XTC is on iff ``xtc_probability`` > 0; ``xtc_threshold`` defaults to
+    :data:`DEFAULT_XTC_THRESHOLD` (0.1, as llama.cpp and text-generation-webui).
+    ``xtc_threshold`` without ``xtc_probability`` is an error (it would do nothing).
     """
     args = _args(extra_args)
     threshold = _get(args, "xtc_threshold")
@@ -183,5 +191,5 @@ def parse_xtc(extra_args: Mapping[str, Any] | None) -> XtcParams | None:
     if probability == 0:
         return None
     if threshold is _MISSING:
-        raise ValueError("xtc_probability is set but xtc_threshold is needed too")
+        threshold = DEFAULT_XTC_THRESHOLD
     return XtcParams(threshold=float(threshold), probability=float(probability))

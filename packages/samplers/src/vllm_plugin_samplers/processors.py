@@ -1,180 +1,87 @@
 """The three logits processors vLLM loads from ``vllm.logits_processors``.
 
 Each class serves both of vLLM's model runners through core's compatibility
-layer: the V1 runner (CPU builds, all versions) calls ``update_state`` with
-batch changes and ``apply(logits)``; the V2 runner (CUDA builds from 0.31)
-calls ``add_request`` when a request takes a slot and ``apply(logits, ctx)``. Per-request work lives in small state objects; a batch
-without any request that asked for a sampler returns the logits untouched,
-so requests that do not ask pay nothing beyond one dictionary check.
+layer. State is batched and device-resident, one row per request slot
+(:mod:`.penalties`, :mod:`.xtc`):
+
+* V1 runner (CPU builds, all versions): ``update_state`` admits, drops and
+  moves rows; ``apply(logits)`` reads each active row's new output token from
+  vLLM's live list (the only per-row host work; V1 hands over Python lists).
+* V2 runner (CUDA builds from 0.31): ``add_request`` stages a slot;
+  ``apply_staged_writes`` admits it from the runner's on-device token history;
+  ``apply(logits, ctx)`` runs a fixed number of batched tensor operations with
+  no host sync. Speculative draft rows are penalised against the committed
+  context plus the drafts before them (from ``ctx.input_ids``), without
+  committing the drafts.
+
+A batch without any request that asked for a sampler returns the logits
+untouched after one host-side check.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from vllm_plugin_core import compat
 from vllm_plugin_samplers import params as P
-from vllm_plugin_samplers.dry import DryMatcher, breaker_token_ids
-from vllm_plugin_samplers.ngram import NgramIndex
-from vllm_plugin_samplers.xtc import should_apply, xtc_mask
+from vllm_plugin_samplers.breakers import Resolver, load_resolver
+from vllm_plugin_samplers.penalties import DryBatch, NgramBatch
+from vllm_plugin_samplers.xtc import coin, top_k_for, xtc_apply
 
 logger = logging.getLogger("vllm.plugins.samplers")
 
 __all__ = ["DryLogitsProcessor", "NoRepeatNgramLogitsProcessor", "XtcLogitsProcessor"]
 
-
-class Context(Sequence[int]):
-    """prompt + output as one read-only sequence, without copying (the
-    output list is vLLM's live list and grows between steps)."""
-
-    __slots__ = ("output", "prompt")
-
-    def __init__(self, prompt: Sequence[int], output: Sequence[int]) -> None:
-        self.prompt = prompt
-        self.output = output
-
-    def __len__(self) -> int:
-        return len(self.prompt) + len(self.output)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return self.tolist()[i]
-        n = len(self.prompt)
-        if i < 0:
-            i += len(self)
-        return self.prompt[i] if i < n else self.output[i - n]
-
-    def tail(self, start: int) -> list[int]:
-        """Tokens from ``start`` on, copying only that part."""
-        n = len(self.prompt)
-        if start >= n:
-            return list(self.output[start - n:])
-        return [*self.prompt[start:], *self.output]
-
-    def tolist(self) -> list[int]:
-        return [*self.prompt, *self.output]
+_DEFAULT_SLOTS = 256
 
 
-class _State:
-    """Per-request sampler state; ``apply`` edits one logits row in place."""
-
-    def apply(self, row: torch.Tensor, ctx: Context) -> None:
-        raise NotImplementedError
-
-
-class NgramState(_State):
-    """Incremental n-gram index; for n = 1 a boolean mask over the vocabulary."""
-
-    def __init__(self, p: P.NgramParams) -> None:
-        self.n = p.size
-        self.seen = 0
-        self.index = NgramIndex(p.size)
-        self.mask: torch.Tensor | None = None
-
-    def apply(self, row: torch.Tensor, ctx: Context) -> None:
-        if len(ctx) < self.seen:  # context shrank (preempted and resumed): rebuild
-            self.__init__(P.NgramParams(self.n))
-        new = ctx.tail(self.seen) if len(ctx) > self.seen else []
-        self.seen = len(ctx)
-        if self.n == 1:
-            if self.mask is None:
-                self.mask = torch.zeros(row.shape[-1], dtype=torch.bool, device=row.device)
-            if new:
-                self.mask[torch.tensor(new, dtype=torch.long, device=row.device)] = True
-            row.masked_fill_(self.mask, float("-inf"))
-            return
-        if new:
-            self.index.extend(new)
-        banned = self.index.banned()
-        if banned:
-            row[torch.tensor(list(banned), dtype=torch.long, device=row.device)] = float("-inf")
+def make_resolver(vllm_config: Any) -> Resolver:
+    """The breaker resolver for the model's tokenizer (built once, at start)."""
+    mc = vllm_config.model_config
+    return load_resolver(str(mc.tokenizer), bool(mc.trust_remote_code), getattr(mc, "tokenizer_revision", None))
 
 
-class DryState(_State):
-    """Incremental vectorised DRY matcher (see :class:`~.dry.DryMatcher`)."""
-
-    def __init__(self, p: P.DryParams, breakers: frozenset[int]) -> None:
-        self.params = p
-        self.breakers = breakers
-        self.matcher = DryMatcher(p, breakers)
-
-    def apply(self, row: torch.Tensor, ctx: Context) -> None:
-        seen = len(self.matcher)
-        if len(ctx) < seen:  # preempted and resumed with a shorter context
-            self.matcher = DryMatcher(self.params, self.breakers)
-            seen = 0
-        if len(ctx) > seen:
-            self.matcher.extend(ctx.tail(seen))
-        ids, penalties = self.matcher.penalties()
-        if ids.numel():
-            row.index_put_((ids.to(row.device),), -penalties.to(row.device, row.dtype), accumulate=True)
-
-
-class XtcState(_State):
-    """A per-request generator (seeded from the request's ``seed``)."""
-
-    def __init__(self, p: P.XtcParams, seed: int | None) -> None:
-        self.params = p
-        self.generator = torch.Generator()
-        if seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(seed)
-
-    def apply(self, row: torch.Tensor, ctx: Context) -> None:
-        if should_apply(self.generator, self.params.probability):
-            row[xtc_mask(row, self.params.threshold).to(row.device)] = float("-inf")
-
-
-def xtc_apply_rows(logits: torch.Tensor, rows: list[int], states: list[XtcState]) -> None:
-    """XTC for several rows at once: one coin per request, one batched softmax."""
-    chosen = [(r, s) for r, s in zip(rows, states, strict=True)
-              if should_apply(s.generator, s.params.probability)]
-    if not chosen:
-        return
-    idx = torch.tensor([r for r, _ in chosen], dtype=torch.long, device=logits.device)
-    thresholds = torch.tensor([s.params.threshold for _, s in chosen], device=logits.device)
-    sub = logits.index_select(0, idx)
-    probs = torch.softmax(sub.float(), dim=-1)
-    above = probs >= thresholds[:, None]
-    enough = above.sum(-1) >= 2
-    keep = torch.where(above, probs, torch.full_like(probs, float("inf"))).argmin(-1)
-    above[torch.arange(len(chosen), device=logits.device), keep] = False
-    above &= enough[:, None]
-    logits[idx] = sub.masked_fill(above, float("-inf"))
-
-
-@functools.lru_cache(maxsize=8)
-def _tokenizer(path: str, trust_remote_code: bool, revision: str | None) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
-
-
-@functools.lru_cache(maxsize=32)
-def _breakers(path: str, trust_remote_code: bool, revision: str | None,
-              breakers: tuple[str, ...]) -> frozenset[int]:
-    return breaker_token_ids(breakers, _tokenizer(path, trust_remote_code, revision))
+def _num_spec(vllm_config: Any) -> int:
+    spec = getattr(vllm_config, "speculative_config", None)
+    return int(getattr(spec, "num_speculative_tokens", 0) or 0) if spec is not None else 0
 
 
 class _SamplerProcessor(*compat.logits_processor_bases()):  # type: ignore[misc]
-    """Shared plumbing: per-request state keyed by batch row (V1) or slot (V2)."""
+    """Shared plumbing: which slots are active, V1 row bookkeeping, V2 staging."""
 
     parse = staticmethod(lambda extra_args: None)
+    needs_tokens = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.v2 = compat.is_v2_logits_init(args, kwargs)
         self.vllm_config = kwargs.get("vllm_config", args[0] if args else None)
-        self.req_states = (kwargs.get("req_states", args[1] if len(args) > 1 else None)
-                           if self.v2 else None)
-        # V1: batch index -> (state, prompt ids, live output ids); V2: slot -> state.
-        self.states: dict[int, tuple[_State, Sequence[int], Sequence[int]]] = {}
-        self.slot_states: dict[int, _State] = {}
+        cfg = self.vllm_config
+        if self.v2:
+            self.req_states = kwargs.get("req_states", args[1] if len(args) > 1 else None)
+            self.device = torch.device(self.req_states.device)
+            slots = int(self.req_states.max_num_reqs)
+            self.vocab = int(self.req_states.vocab_size)
+        else:
+            self.req_states = None
+            self.device = torch.device(kwargs.get("device", args[1] if len(args) > 1 else "cpu") or "cpu")
+            slots = int(getattr(getattr(cfg, "scheduler_config", None), "max_num_seqs", 0) or _DEFAULT_SLOTS)
+            mc = getattr(cfg, "model_config", None)
+            self.vocab = int(mc.get_vocab_size()) if mc is not None else 0
+        self.slots = slots
+        self.num_spec = _num_spec(cfg)
+        seed = getattr(getattr(cfg, "model_config", None), "seed", None)
+        # Seeds for unseeded requests: the same stream on every rank (same
+        # config seed, same order of requests), as vLLM's own sampler.
+        self._rng = np.random.default_rng(0 if seed is None else int(seed))
+        self.active_np = np.zeros(slots + 1, dtype=bool)
+        self.active = torch.zeros(slots + 1, dtype=torch.bool, device=self.device)
+        # V1: row -> (prompt length, live output ids, tokens seen); V2: slots to admit.
+        self.rows: dict[int, tuple[Any, Any, int]] = {}
+        self._staged: list[tuple[int, Any]] = []
 
     # ---- shared ----
     @classmethod
@@ -184,99 +91,225 @@ class _SamplerProcessor(*compat.logits_processor_bases()):  # type: ignore[misc]
     def is_argmax_invariant(self) -> bool:
         return False
 
-    def make_state(self, sampling_params: Any) -> _State | None:
-        p = self.parse(getattr(sampling_params, "extra_args", None))
-        return None if p is None else self._state(p, sampling_params)
+    def _params(self, sampling_params: Any) -> Any:
+        return self.parse(getattr(sampling_params, "extra_args", None))
 
-    def _state(self, p: Any, sampling_params: Any) -> _State:
+    def _admit(self, slot: int, p: Any, sampling_params: Any, tokens: torch.Tensor) -> None:
+        """Set slot ``slot`` up for a request with parsed arguments ``p``."""
         raise NotImplementedError
+
+    def _set_active(self, slot: int, on: bool) -> None:
+        self.active_np[slot] = on
+        self.active[slot] = on
 
     # ---- V1 model runner ----
     def update_state(self, batch_update: Any) -> None:
         if batch_update is None:
             return
         for index in batch_update.removed:
-            self.states.pop(index, None)
+            self._drop_row(index)
         for index, sampling_params, prompt_ids, output_ids in batch_update.added:
-            state = self.make_state(sampling_params)
-            if state is None:
-                self.states.pop(index, None)
-            else:
-                self.states[index] = (state, prompt_ids or [], output_ids)
+            p = self._params(sampling_params)
+            self._drop_row(index)
+            if p is None:
+                continue
+            prompt = prompt_ids or ()
+            toks = (torch.tensor([*prompt, *output_ids], dtype=torch.long, device=self.device)
+                    if self.needs_tokens else None)
+            self._admit(index, p, sampling_params, toks)
+            # vLLM's live output list and the prompt's length: no copy of the context.
+            self.rows[index] = (len(prompt), output_ids, len(prompt) + len(output_ids))
+            self._set_active(index, True)
         _, direction = compat.batch_update_types()
         for a, b, how in batch_update.moved:
-            sa, sb = self.states.pop(a, None), self.states.pop(b, None)
-            if sa is not None:
-                self.states[b] = sa
-            if how == direction.SWAP and sb is not None:
-                self.states[a] = sb
+            swap = how == direction.SWAP
+            ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
+            if ra is not None:
+                self.rows[b] = ra
+            if swap and rb is not None:
+                self.rows[a] = rb
+            self._move(a, b, swap)
+            for s in (a, b):
+                self._set_active(s, s in self.rows)
+
+    def _drop_row(self, index: int) -> None:
+        if self.rows.pop(index, None) is not None:
+            self._set_active(index, False)
+
+    def _move(self, a: int, b: int, swap: bool) -> None:
+        raise NotImplementedError
 
     def apply(self, logits: torch.Tensor, ctx: Any = None) -> torch.Tensor:
         if ctx is not None:
             return self._apply_v2(logits, ctx)
-        if not self.states:
+        if not self.rows:
             return logits
-        rows = list(self.states)
-        self.apply_rows(logits, rows, [self.states[r][0] for r in rows],
-                        [Context(self.states[r][1], self.states[r][2]) for r in rows])
+        self._apply_v1(logits)
         return logits
 
-    def apply_rows(self, logits: torch.Tensor, rows: list[int], states: list[_State],
-                   contexts: list[Context]) -> None:
-        """Apply each row's state; subclasses may batch this."""
-        for row, state, ctx in zip(rows, states, contexts, strict=True):
-            state.apply(logits[row], ctx)
+    def _apply_v1(self, logits: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _v1_new_tokens(self) -> tuple[list[int], list[list[int]]]:
+        """Active rows and each row's output tokens appended since the last step."""
+        rows = sorted(self.rows)
+        new: list[list[int]] = []
+        for r in rows:
+            n_prompt, out, seen = self.rows[r]
+            total = n_prompt + len(out)
+            new.append(list(out[seen - n_prompt:]) if total > seen else [])
+            self.rows[r] = (n_prompt, out, total)
+        return rows, new
 
     # ---- V2 model runner ----
     def add_request(self, req_idx: int, sampling_params: Any) -> bool:
-        state = self.make_state(sampling_params)
-        if state is None:
-            self.slot_states.pop(req_idx, None)
+        p = self._params(sampling_params)
+        self.active_np[req_idx] = p is not None
+        self._staged = [(s, q) for s, q in self._staged if s != req_idx]
+        if p is None:
+            self._staged_off = getattr(self, "_staged_off", set()) | {req_idx}
             return False
-        self.slot_states[req_idx] = state
+        self._staged.append((req_idx, (p, sampling_params)))
         return True
 
     def apply_staged_writes(self) -> None:
-        pass
+        for slot in getattr(self, "_staged_off", ()):
+            self.active[slot] = False
+        self._staged_off = set()
+        staged, self._staged = self._staged, []
+        for slot, (p, sampling_params) in staged:
+            n = int(self.req_states.prefill_len.np[slot])
+            toks = self.req_states.all_token_ids.gpu[slot, :n]
+            self._admit(slot, p, sampling_params, toks)
+            self.active[slot] = True
 
     def _apply_v2(self, logits: torch.Tensor, ctx: Any) -> torch.Tensor:
-        if not self.slot_states:
+        if not self.active_np[ctx.idx_mapping_np].any():
             return logits
-        rows = ctx.expanded_idx_mapping.tolist()
-        wanted = [(r, slot) for r, slot in enumerate(rows) if slot in self.slot_states]
-        if not wanted:
-            return logits
-        slots = torch.tensor([s for _, s in wanted], dtype=torch.long,
-                             device=self.req_states.all_token_ids.gpu.device)
-        # Tokens visible to each row: the committed tokens up to pos + 1.
-        lens = (ctx.pos[[r for r, _ in wanted]] + 1).tolist()
-        tokens = self.req_states.all_token_ids.gpu[slots, : max(lens)].tolist()
-        self.apply_rows(logits, [r for r, _ in wanted], [self.slot_states[s] for _, s in wanted],
-                        [Context(toks[:n], ()) for n, toks in zip(lens, tokens, strict=True)])
+        self._apply_rows_v2(logits, ctx)
         return logits
 
+    def _apply_rows_v2(self, logits: torch.Tensor, ctx: Any) -> None:
+        raise NotImplementedError
 
-class NoRepeatNgramLogitsProcessor(_SamplerProcessor):
+
+class _SuffixProcessor(_SamplerProcessor):
+    """DRY and n-gram: a batched suffix-match engine (:mod:`.penalties`)."""
+
+    batch: DryBatch | NgramBatch
+
+    def _move(self, a: int, b: int, swap: bool) -> None:
+        bank = self.batch.bank
+        bank.move(a, b, swap)
+        for t in self._slot_tensors():
+            if swap:
+                t[[a, b]] = t[[b, a]]
+            else:
+                t[b] = t[a]
+        w = self.batch.window
+        if swap:
+            w[[a, b]] = w[[b, a]]
+        else:
+            w[b] = w[a]
+
+    def _slot_tensors(self) -> list[torch.Tensor]:
+        return [self.batch.cap]
+
+    def _apply_v1(self, logits: torch.Tensor) -> None:
+        rows, new = self._v1_new_tokens()
+        b = self.batch
+        b.bank.ensure_width(max(b.need(r, int(self.rows[r][2])) for r in rows))
+        rounds = max(len(t) for t in new)
+        dense = rows[-1] == len(rows) - 1  # rows 0..k-1: slices instead of gathers
+        for j in range(rounds):  # 1 per decode step; more only after a multi-token append
+            these = [(r, t[j]) for r, t in zip(rows, new, strict=True) if len(t) > j]
+            x = torch.tensor([x for _, x in these], dtype=torch.long, device=self.device)
+            if dense and len(these) == len(rows):
+                b.append_rows(slice(0, len(rows)), x)
+            else:
+                b.append_rows(torch.tensor([r for r, _ in these], dtype=torch.long, device=self.device), x)
+        if dense:
+            b.penalize(logits, slice(0, len(rows)), slice(0, len(rows)))
+        else:
+            idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+            b.penalize(logits, idx, idx)
+
+    def _apply_rows_v2(self, logits: torch.Tensor, ctx: Any) -> None:
+        b = self.batch
+        # Width for the longest context in this step (host-side upper bounds).
+        ub = int(ctx.seq_lens_upper_bound_np.max()) + self.num_spec + 1
+        w = b.window[ctx.idx_mapping_np]
+        b.bank.ensure_width(ub if (w <= 0).any() else min(ub, int(w.max()) + 1))
+        slot = ctx.expanded_idx_mapping.long()
+        local = ctx.expanded_local_pos.long()
+        pos = ctx.pos.long()
+        ids = ctx.input_ids.long()
+        act = self.active[slot]
+        row = torch.arange(slot.numel(), device=slot.device)
+        pos0 = pos - local  # position of each request's last committed token
+        ids0 = ids[row - local]
+        tok, match = b.bank.tok[slot], b.bank.match[slot]
+        n = b.bank.length[slot]
+        history = self.req_states.all_token_ids.gpu
+        width = history.shape[1]
+        # Commit: tokens at positions n .. pos0 (at most 1 + num_spec per step).
+        for j in range(1 + self.num_spec):
+            p = n + j
+            do = act & (p <= pos0)
+            x = torch.where(p == pos0, ids0, history[slot, p.clamp(max=width - 1)].long())
+            tok, match = b.append_gathered(tok, match, slot, x, do)
+        main = act & (local == 0)
+        target = torch.where(main, slot, b.slots)
+        b.bank.tok[target] = tok
+        b.bank.match[target] = match
+        b.bank.length[target] = torch.maximum(n, pos0 + 1)
+        # Drafts: row with local position k also sees drafts 1..k, not committed.
+        for k in range(1, self.num_spec + 1):
+            do = act & (local >= k)
+            x = ids[(row - local + k).clamp(max=slot.numel() - 1)]
+            tok, match = b.append_gathered(tok, match, slot, x, do)
+        b.penalize(logits, slice(0, slot.numel()), slot, tok, match, act)
+
+
+class NoRepeatNgramLogitsProcessor(_SuffixProcessor):
     """``no_repeat_ngram_size``: never complete an n-gram already in the context."""
 
     __vllm_plugin_name__ = "no_repeat_ngram"
     parse = staticmethod(P.parse_ngram)
 
-    def _state(self, p: P.NgramParams, sampling_params: Any) -> _State:
-        return NgramState(p)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batch = NgramBatch(self.slots, self.device)
+
+    def _slot_tensors(self) -> list[torch.Tensor]:
+        return [self.batch.cap, self.batch.need_len]
+
+    def _admit(self, slot: int, p: P.NgramParams, sampling_params: Any, tokens: torch.Tensor) -> None:
+        self.batch.add(slot, p.size, tokens)
 
 
-class DryLogitsProcessor(_SamplerProcessor):
+class DryLogitsProcessor(_SuffixProcessor):
     """DRY repetition penalty (``dry_multiplier`` > 0 turns it on)."""
 
     __vllm_plugin_name__ = "dry"
     parse = staticmethod(P.parse_dry)
 
-    def _state(self, p: P.DryParams, sampling_params: Any) -> _State:
-        mc = self.vllm_config.model_config
-        breakers = _breakers(str(mc.tokenizer), bool(mc.trust_remote_code),
-                             getattr(mc, "tokenizer_revision", None), tuple(p.sequence_breakers))
-        return DryState(p, breakers)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The tokenizer is loaded and the vocabulary decoded here, at start;
+        # a tokenizer that cannot be loaded is a clear error now, not in a step.
+        self.resolver = make_resolver(self.vllm_config)
+        self.vocab = max(self.vocab, len(self.resolver.texts))
+        self.resolver(P.DEFAULT_DRY_SEQUENCE_BREAKERS)
+        self.batch = DryBatch(self.slots, self.device, self.vocab)
+
+    def _slot_tensors(self) -> list[torch.Tensor]:
+        b = self.batch
+        return [b.cap, b.mult, b.log_base, b.max_exp, b.allowed, b.last_n, b.set_idx]
+
+    def _admit(self, slot: int, p: P.DryParams, sampling_params: Any, tokens: torch.Tensor) -> None:
+        self.batch.set_breakers(slot, self.resolver(p.sequence_breakers))
+        self.batch.add(slot, p, tokens)
 
 
 class XtcLogitsProcessor(_SamplerProcessor):
@@ -285,9 +318,68 @@ class XtcLogitsProcessor(_SamplerProcessor):
 
     __vllm_plugin_name__ = "xtc"
     parse = staticmethod(P.parse_xtc)
+    needs_tokens = False
 
-    def _state(self, p: P.XtcParams, sampling_params: Any) -> _State:
-        return XtcState(p, getattr(sampling_params, "seed", None))
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        n, dev = self.slots + 1, self.device
+        self.threshold_np = np.ones(n)
+        self.threshold = torch.ones(n, device=dev)
+        self.probability = torch.zeros(n, dtype=torch.float64, device=dev)
+        self.seed = torch.zeros(n, dtype=torch.long, device=dev)
 
-    def apply_rows(self, logits, rows, states, contexts) -> None:  # type: ignore[override]
-        xtc_apply_rows(logits, rows, states)  # type: ignore[arg-type]
+    def _admit(self, slot: int, p: P.XtcParams, sampling_params: Any, tokens: torch.Tensor | None) -> None:
+        seed = getattr(sampling_params, "seed", None)
+        if seed is None:
+            seed = int(self._rng.integers(-(2**63), 2**63 - 1))
+        self.threshold_np[slot] = p.threshold
+        self.threshold[slot] = p.threshold
+        self.probability[slot] = p.probability
+        self.seed[slot] = seed
+
+    def add_request(self, req_idx: int, sampling_params: Any) -> bool:
+        p = self._params(sampling_params)
+        if p is not None:  # settings only: no tokens needed, so no admission step
+            self.threshold_np[req_idx] = p.threshold
+        return super().add_request(req_idx, sampling_params)
+
+    def apply_staged_writes(self) -> None:
+        for slot in getattr(self, "_staged_off", ()):
+            self.active[slot] = False
+        self._staged_off = set()
+        staged, self._staged = self._staged, []
+        for slot, (p, sampling_params) in staged:
+            self._admit(slot, p, sampling_params, None)
+            self.active[slot] = True
+
+    def _move(self, a: int, b: int, swap: bool) -> None:
+        for t in (self.threshold, self.probability, self.seed, self.threshold_np):
+            if swap:
+                t[[a, b]] = t[[b, a]]
+            else:
+                t[b] = t[a]
+
+    def _k(self, slots: Any) -> int:
+        return top_k_for(float(self.threshold_np[slots].min()), self.vocab_of)
+
+    def _apply_v1(self, logits: torch.Tensor) -> None:
+        self.vocab_of = logits.shape[1]
+        rows = sorted(self.rows)
+        position = torch.tensor([len(self.rows[r][1]) for r in rows], dtype=torch.long)
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+        act = coin(self.seed[idx], position.to(self.device)) < self.probability[idx]
+        k = self._k(rows)
+        if len(rows) == logits.shape[0]:
+            xtc_apply(logits, self.threshold[idx], act, k)
+        else:
+            sub = logits[idx]
+            xtc_apply(sub, self.threshold[idx], act, k)
+            logits[idx] = sub
+
+    def _apply_rows_v2(self, logits: torch.Tensor, ctx: Any) -> None:
+        self.vocab_of = logits.shape[1]
+        slots_np = ctx.idx_mapping_np[self.active_np[ctx.idx_mapping_np]]
+        slot = ctx.expanded_idx_mapping.long()
+        position = ctx.pos.long() + 1 - self.req_states.prompt_len.gpu[slot].long()
+        act = self.active[slot] & (coin(self.seed[slot], position) < self.probability[slot])
+        xtc_apply(logits, self.threshold[slot], act, self._k(slots_np))

@@ -1,0 +1,221 @@
+"""Batched DRY and no-repeat n-gram on a :class:`~.suffix.SuffixBank`.
+
+Per-slot settings live in device tensors; a step is a fixed number of batched
+tensor operations (no Python loop over rows or over the context, no host
+sync): append the new token to every row that has one, then penalise with one
+gather and one ``scatter_reduce`` into the logits (``amin`` of ``logit -
+penalty``, which applies the largest penalty per token and needs no
+logits-sized temporary).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .breakers import BreakerSet
+from .params import DryParams
+from .suffix import SuffixBank, admit, append
+
+__all__ = ["DryBatch", "NgramBatch"]
+
+_FLOAT32_MAX_LOG = 88.7228391  # ln(float32 max), as in llama.cpp
+_NO_CAP = 2**30
+
+
+class _Batch:
+    """Slot-indexed settings plus the bank. ``slots + 1`` rows: the last is scratch."""
+
+    def __init__(self, slots: int, device: torch.device) -> None:
+        self.slots = slots
+        self.device = device
+        self.bank = SuffixBank(slots, device)
+        self.cap = torch.zeros(slots + 1, dtype=torch.int32, device=device)
+        self.window = np.zeros(slots + 1, dtype=np.int64)  # host: tokens a row needs (0 = all)
+
+    def need(self, slot: int, length: int) -> int:
+        w = int(self.window[slot])
+        return (min(length, w) if w > 0 else length) + 1
+
+    def reset_mask(self, tok: torch.Tensor, rows_slot: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def append_rows(self, slots: torch.Tensor | slice, x: torch.Tensor) -> None:
+        """Append token ``x[k]`` to slot ``slots[k]`` (distinct slots, or a slice); one scatter."""
+        tok, match = self.append_gathered(self.bank.tok[slots], self.bank.match[slots], slots, x)
+        self.bank.tok[slots] = tok
+        self.bank.match[slots] = match
+        self.bank.length[slots] += 1
+
+    def append_gathered(self, tok: torch.Tensor, match: torch.Tensor, slots: torch.Tensor, x: torch.Tensor,
+                        do: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows already gathered by slot, with ``x`` appended where ``do`` (all if None)."""
+        new_tok, new_match = append(tok, match, x, self.cap[slots])
+        reset = self.reset_mask(new_tok, slots)
+        if reset is not None:
+            new_match = torch.where(reset[:, None], 0, new_match)
+        if do is None:
+            return new_tok, new_match
+        return torch.where(do[:, None], new_tok, tok), torch.where(do[:, None], new_match, match)
+
+    def _write(self, slot: int, tokens: torch.Tensor, cap: int, cap_t: torch.Tensor | int) -> None:
+        n = tokens.numel()
+        self.bank.ensure_width(self.need(slot, n))
+        w = self.window[slot]
+        keep = tokens[-(self.bank.width):] if w <= 0 else tokens[-min(n, self.bank.width):]
+        # Matches of the kept part only need the kept part (see SuffixBank).
+        match = admit(keep, cap_t, cap)
+        self.bank.write(slot, keep, match, n)
+
+    @staticmethod
+    def _scatter_min(logits: torch.Tensor, rows: torch.Tensor | slice, nxt: torch.Tensor, valid: torch.Tensor,
+                     minus: torch.Tensor | float) -> None:
+        """``logits[row, nxt] -= minus`` where valid, the largest ``minus`` per token:
+        one gather and one ``scatter_reduce(amin)`` (``rows`` a slice: 2-D, in place)."""
+        vocab = logits.shape[1]
+        inf = torch.tensor(float("inf"), dtype=logits.dtype, device=logits.device)
+        if isinstance(rows, slice):
+            target, index = logits[rows], nxt.long().clamp_(0, vocab - 1)
+        else:
+            target = logits.view(-1)
+            index = (rows[:, None] * vocab + nxt.long().clamp(0, vocab - 1)).reshape(-1)
+            valid = valid.reshape(-1)
+            minus = minus.reshape(-1) if isinstance(minus, torch.Tensor) else minus
+        gathered = target.gather(-1, index)
+        vals = torch.where(valid, gathered - minus, inf)
+        target.scatter_reduce_(-1, index, vals, reduce="amin", include_self=True)
+
+
+class NgramBatch(_Batch):
+    """No-repeat n-gram: ban ``t[j + 1]`` wherever ``match[j] >= n - 1``."""
+
+    def __init__(self, slots: int, device: torch.device) -> None:
+        super().__init__(slots, device)
+        self.need_len = torch.zeros(slots + 1, dtype=torch.int32, device=device)
+
+    def add(self, slot: int, n: int, tokens: torch.Tensor) -> None:
+        self.window[slot] = 0
+        self.cap[slot] = n - 1
+        self.need_len[slot] = n - 1
+        self._write(slot, tokens, n - 1, n - 1)
+
+    def penalize(self, logits: torch.Tensor, rows: torch.Tensor | slice, slots: torch.Tensor | slice,
+                 tok: torch.Tensor | None = None, match: torch.Tensor | None = None,
+                 active: torch.Tensor | None = None) -> None:
+        tok = self.bank.tok[slots] if tok is None else tok
+        match = self.bank.match[slots] if match is None else match
+        nxt = tok[:, 1:]
+        valid = (match[:, :-1] >= self.need_len[slots][:, None]) & (nxt >= 0)
+        if active is not None:
+            valid &= active[:, None]
+        self._scatter_min(logits, rows, nxt, valid, float("inf"))
+
+
+class DryBatch(_Batch):
+    """DRY: penalty ``multiplier * base ** min(L - allowed, max_exp)`` on ``t[j + 1]``."""
+
+    def __init__(self, slots: int, device: torch.device, vocab: int) -> None:
+        super().__init__(slots, device)
+        self.vocab = vocab
+        f = dict(device=device)
+        self.mult = torch.zeros(slots + 1, **f)
+        self.log_base = torch.zeros(slots + 1, **f)
+        self.max_exp = torch.full((slots + 1,), float("inf"), **f)
+        self.allowed = torch.ones(slots + 1, dtype=torch.int32, **f)
+        self.last_n = torch.zeros(slots + 1, dtype=torch.int32, **f)
+        self.set_idx = torch.zeros(slots + 1, dtype=torch.long, **f)
+        self._sets: dict[BreakerSet, int] = {}
+        self.single = torch.zeros((1, vocab), dtype=torch.bool, **f)
+        # Multi-token breakers: (tail tensor, head mask [vocab], set index).
+        self.tails: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+
+    def set_breakers(self, slot: int, bs: BreakerSet) -> None:
+        idx = self._sets.get(bs)
+        if idx is None:
+            idx = self._sets[bs] = len(self._sets) + 1
+            row = torch.zeros((1, self.vocab), dtype=torch.bool, device=self.device)
+            ids = [i for i in bs.single if i < self.vocab]
+            if ids:
+                row[0, ids] = True
+            self.single = torch.cat([self.single, row])
+            for tail, heads in bs.tails:
+                mask = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
+                hs = [h for h in heads if h < self.vocab]
+                if hs:
+                    mask[hs] = True
+                self.tails.append((torch.tensor(tail, dtype=torch.int32, device=self.device), mask, idx))
+        self.set_idx[slot] = idx
+
+    def _is_single(self, set_idx: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        inside = (tokens >= 0) & (tokens < self.vocab)
+        return inside & self.single[set_idx, tokens.long().clamp(0, self.vocab - 1)]
+
+    def _tail_ends(self, tok: torch.Tensor, set_idx: torch.Tensor) -> torch.Tensor:
+        """[R, C] bool: a multi-token breaker ends at that column (any applicable tail)."""
+        out = torch.zeros(tok.shape, dtype=torch.bool, device=tok.device)
+        c = tok.shape[1]
+        for tail, heads, idx in self.tails:
+            k = tail.numel()
+            if c < k + 1:
+                continue
+            ok = (set_idx == idx)[:, None] & heads[tok[:, : c - k].long().clamp(0, self.vocab - 1)] \
+                & (tok[:, : c - k] >= 0)
+            for j in range(k):
+                ok &= tok[:, 1 + j: c - k + 1 + j] == tail[j]
+            out[:, k:] |= ok
+        return out
+
+    def reset_mask(self, tok: torch.Tensor, rows_slot: torch.Tensor) -> torch.Tensor:
+        sidx = self.set_idx[rows_slot]
+        reset = self._is_single(sidx, tok[:, -1])
+        if self.tails:
+            c = tok.shape[1]
+            k = max(t.numel() for t, _, _ in self.tails) + 1
+            reset |= self._tail_ends(tok[:, c - min(c, k):], sidx)[:, -1]
+        return reset
+
+    def add(self, slot: int, p: DryParams, tokens: torch.Tensor) -> None:
+        """Admit a request: settings, then matches for its whole context."""
+        self.window[slot] = p.penalty_last_n if p.penalty_last_n > 0 else 0
+        max_exp = int(_FLOAT32_MAX_LOG / math.log(p.base)) if p.base > 1.000001 else None
+        cap = p.allowed_length + max_exp if max_exp is not None else _NO_CAP
+        self.mult[slot] = p.multiplier
+        self.log_base[slot] = math.log(p.base)
+        self.max_exp[slot] = float("inf") if max_exp is None else float(max_exp)
+        self.allowed[slot] = p.allowed_length
+        self.last_n[slot] = self.window[slot]
+        self.cap[slot] = min(cap, _NO_CAP)
+        n = tokens.numel()
+        self.bank.ensure_width(self.need(slot, n))
+        keep = tokens[-min(n, self.bank.width):].to(self.device)
+        # rep_limit: matches never reach back across the end of the last breaker.
+        row = keep.to(torch.int32)[None]
+        sidx = self.set_idx[slot: slot + 1]
+        ends = self._is_single(sidx, row)
+        if self.tails:
+            ends |= self._tail_ends(row, sidx)
+        pos = torch.arange(keep.numel(), device=self.device)
+        last = torch.where(ends[0], pos, -1).max() if keep.numel() else torch.tensor(-1, device=self.device)
+        limit = torch.clamp(keep.numel() - 1 - last, max=min(cap, _NO_CAP))
+        self.bank.write(slot, keep, admit(keep, limit, min(cap, keep.numel())), n)
+
+    def penalize(self, logits: torch.Tensor, rows: torch.Tensor | slice, slots: torch.Tensor | slice,
+                 tok: torch.Tensor | None = None, match: torch.Tensor | None = None,
+                 active: torch.Tensor | None = None) -> None:
+        tok = self.bank.tok[slots] if tok is None else tok
+        match = self.bank.match[slots] if match is None else match
+        c = tok.shape[1]
+        win = self.last_n[slots]
+        start = torch.where(win > 0, c - win, 0)
+        j = torch.arange(c - 1, device=tok.device)
+        length = torch.minimum(match[:, :-1], j[None] - start[:, None] + 1)
+        nxt = tok[:, 1:]
+        allowed = self.allowed[slots][:, None]
+        valid = (length >= allowed) & (nxt >= 0) & ~self._is_single(self.set_idx[slots][:, None], nxt)
+        if active is not None:
+            valid &= active[:, None]
+        exp = torch.minimum((length - allowed).float(), self.max_exp[slots][:, None])
+        pen = self.mult[slots][:, None] * torch.exp(exp * self.log_base[slots][:, None])
+        self._scatter_min(logits, rows, nxt, valid, pen.to(logits.dtype))

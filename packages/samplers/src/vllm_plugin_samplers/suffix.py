@@ -1,0 +1,145 @@
+"""Suffix matches, batched and device-resident (what DRY and no-repeat n-gram share).
+
+For a context ``t[0..e]`` and every earlier position ``i < e``, ``match[i]`` is
+the length of the longest common suffix of ``t[..i]`` and ``t[..e]``, capped
+(at a per-request ``cap``, and so that it never reaches back across the end of
+a DRY sequence breaker). The token that followed ``t[i]`` would extend that
+repeat.
+
+Layout: one row per request slot, right-aligned (column ``C - 1`` holds the
+last token, padding is token ``-1``), so appending a token is one shift and
+one compare for the whole batch, ``match'[j] = match[j] + 1 if t[j + 1] == x``,
+with no per-row offsets. Rows keep at most ``C`` tokens; a row that only needs
+its last ``N`` tokens (``dry_penalty_last_n``) stays correct when older ones
+drop off.
+
+Admission (:func:`admit`) computes ``match`` for a whole prompt in
+O(n log n) vectorised work, the same for any content: polynomial hashes of all
+prefixes under two primes with a random base, then a binary search on the
+length for every position at once.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import torch
+
+__all__ = ["P1", "P2", "SuffixBank", "admit", "append"]
+
+P1, P2 = 2147483647, 2147483629  # primes < 2**31: products fit in int64
+_B1 = secrets.randbelow(P1 - 2**20) + 2**20
+_B2 = secrets.randbelow(P2 - 2**20) + 2**20
+
+
+def _powers(base: int, n: int, p: int, device: torch.device) -> torch.Tensor:
+    """``base ** j mod p`` for ``j < n`` (binary exponentiation, vectorised)."""
+    j = torch.arange(n, device=device)
+    out = torch.ones(n, dtype=torch.long, device=device)
+    sq, bit = base % p, 0
+    while (1 << bit) < n:
+        out = torch.where(((j >> bit) & 1).bool(), out * sq % p, out)
+        sq, bit = sq * sq % p, bit + 1
+    return out
+
+
+def admit(tokens: torch.Tensor, cap: int | torch.Tensor, max_len: int) -> torch.Tensor:
+    """``match`` (int32, same length as ``tokens``; the last entry is 0).
+
+    ``cap`` bounds every value (an int or a 0-d tensor); ``max_len`` is an int
+    upper bound of it (sets the number of binary-search rounds).
+    """
+    n = tokens.numel()
+    dev = tokens.device
+    out = torch.zeros(n, dtype=torch.int32, device=dev)
+    e = n - 1
+    if e <= 0 or max_len <= 0:
+        return out
+    t = tokens.long() + 1
+    i = torch.arange(e, device=dev)
+    hi = torch.clamp(i + 1, max=max_len)
+    hi = torch.minimum(hi, torch.as_tensor(cap, device=dev))
+    lo = torch.zeros_like(i)
+    prefix = []
+    for base, p in ((_B1, P1), (_B2, P2)):
+        pw = _powers(base, n, p, dev)
+        h = torch.zeros(n + 1, dtype=torch.long, device=dev)
+        h[1:] = torch.cumsum(t % p * pw % p, 0) % p
+        # The segment ending at i, shifted by base ** (e - i), aligns with the one ending at e.
+        prefix.append((h, p, h[1:e + 1], pw.flip(0)[:e], h[e + 1]))
+    for _ in range(int(min(max_len, e)).bit_length() + 1):
+        mid = (lo + hi + 1) // 2
+        ok = None
+        for h, p, h_i, shift, h_e in prefix:
+            a = (h_i - h.index_select(0, i + 1 - mid)) % p * shift % p
+            b = (h_e - h.index_select(0, e + 1 - mid)) % p
+            ok = a == b if ok is None else ok & (a == b)
+        lo = torch.where(ok, mid, lo)
+        hi = torch.where(ok, hi, mid - 1)
+    out[:e] = lo.to(torch.int32)
+    return out
+
+
+def append(tok: torch.Tensor, match: torch.Tensor, x: torch.Tensor, cap: torch.Tensor,
+           reset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``tok``/``match`` [R, C] with token ``x`` [R] appended (new tensors).
+
+    ``cap`` [R] bounds the new values; rows where ``reset`` [R] is True (the
+    context now ends with a breaker) get all-zero matches.
+    """
+    x = x.to(tok.dtype)[:, None]
+    new_tok = torch.cat([tok[:, 1:], x], 1)
+    grown = torch.minimum(match[:, :-1] + 1, cap.to(match.dtype)[:, None])
+    keep = tok[:, 1:] == x
+    if reset is not None:
+        keep &= ~reset[:, None]
+    new_match = torch.cat([torch.where(keep, grown, 0), torch.zeros_like(match[:, :1])], 1)
+    return new_tok, new_match
+
+
+class SuffixBank:
+    """``tok``/``match`` rows for ``slots`` request slots plus one scratch row
+    (index ``slots``, the target of masked-out scatters); ``length`` counts all
+    tokens a row has seen (it may hold fewer)."""
+
+    def __init__(self, slots: int, device: torch.device, width: int = 64) -> None:
+        self.slots = slots
+        self.device = device
+        self.tok = torch.full((slots + 1, width), -1, dtype=torch.int32, device=device)
+        self.match = torch.zeros((slots + 1, width), dtype=torch.int32, device=device)
+        self.length = torch.zeros(slots + 1, dtype=torch.long, device=device)
+
+    @property
+    def width(self) -> int:
+        return self.tok.shape[1]
+
+    def ensure_width(self, need: int) -> None:
+        """Grow (left-pad by a quarter or more, in steps of 256) so rows can hold ``need`` tokens."""
+        c = self.width
+        if need <= c:
+            return
+        new = -(-max(need, c + c // 4) // 256) * 256
+        pad = new - c
+        self.tok = torch.cat([torch.full((self.slots + 1, pad), -1, dtype=torch.int32, device=self.device),
+                              self.tok], 1)
+        self.match = torch.cat([torch.zeros((self.slots + 1, pad), dtype=torch.int32, device=self.device),
+                                self.match], 1)
+
+    def write(self, slot: int, tokens: torch.Tensor, match: torch.Tensor, length: int | torch.Tensor) -> None:
+        """Set a row from a context's tokens and matches (its last ``width`` ones)."""
+        c = self.width
+        tokens, match = tokens[-c:], match[-c:]
+        k = tokens.numel()
+        self.tok[slot, : c - k] = -1
+        self.match[slot, : c - k] = 0
+        self.tok[slot, c - k:] = tokens.to(torch.int32)
+        self.match[slot, c - k:] = match
+        self.length[slot] = length
+
+    def move(self, src: int, dst: int, swap: bool) -> None:
+        """V1 batch moves: row ``src`` goes to ``dst`` (and back when ``swap``)."""
+        for t in (self.tok, self.match, self.length):
+            if swap:
+                t[[src, dst]] = t[[dst, src]]
+            else:
+                t[dst] = t[src]

@@ -1,0 +1,158 @@
+"""The batched suffix-match engine: admission against brute force, and
+multi-token sequence breakers as llama.cpp resolves and applies them."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from vllm_plugin_samplers.breakers import Resolver, resolve_breakers
+from vllm_plugin_samplers.params import DryParams
+from vllm_plugin_samplers.penalties import DryBatch
+from vllm_plugin_samplers.suffix import admit
+
+
+def brute_match(tokens, cap):
+    e = len(tokens) - 1
+    out = []
+    for i in range(e):
+        n = 0
+        while n < cap and i - n >= 0 and tokens[i - n] == tokens[e - n]:
+            n += 1
+        out.append(n)
+    return [*out, 0] if tokens else []
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_admission_equals_brute_force(seed):
+    rng = random.Random(seed)
+    for _ in range(60):
+        vocab = rng.choice([1, 2, 3, 7])
+        tokens = [rng.randrange(vocab) for _ in range(rng.randrange(0, 80))]
+        if len(tokens) > 8 and rng.random() < 0.5:
+            tokens += tokens[: rng.randrange(1, len(tokens))]
+        cap = rng.choice([1, 3, 10, 1000])
+        got = admit(torch.tensor(tokens, dtype=torch.long), cap, cap).tolist()
+        assert got == brute_match(tokens, cap), (tokens, cap)
+
+
+def test_admission_single_repeated_token_32k():
+    tokens = torch.full((32768,), 5)
+    m = admit(tokens, 2**30, 2**30)
+    assert m[:-1].tolist() == list(range(1, 32768))
+
+
+# A vocabulary where "Alice:" is several tokens: "Al", "ice", ":" (and "ice:").
+TEXTS = ["<pad>", "Al", "ice", ":", "ice:", "Bob", " said", "\n", "x", "y", "z", "Alice:"]
+IDS = {t: i for i, t in enumerate(TEXTS)}
+
+
+def encode(s: str) -> list[int]:
+    out, i = [], 0
+    while i < len(s):  # greedy longest match over TEXTS
+        best = max((t for t in TEXTS[1:] if s.startswith(t, i)), key=len)
+        out.append(IDS[best])
+        i += len(best)
+    return out
+
+
+def test_resolution_as_llama_cpp():
+    bs = resolve_breakers(["Alice:"], np.asarray(TEXTS), encode)
+    assert bs.single == {IDS["Alice:"]}  # contains the whole string
+    tails = dict(bs.tails)
+    # "Al" ends with the prefix "Al": tail = tokenize("ice:") = ["ice:"]
+    assert IDS["Al"] in tails[(IDS["ice:"],)]
+    # "ice:" does not end with a proper prefix; "ice" neither ("A..." prefixes only).
+    assert all(IDS["ice"] not in heads for heads in tails.values())
+    # Without a tokenizer to split tails, only single tokens.
+    assert resolve_breakers(["Alice:"], np.asarray(TEXTS), None).tails == ()
+
+
+def ref_multi(tokens, mult, base, allowed, seqs):
+    """llama.cpp-style: the repeat may not reach back across the end of the
+    last complete breaker sequence (a tuple of ids)."""
+    e = len(tokens) - 1
+    limit = e + 1
+    for end in range(e, -1, -1):
+        if any(tuple(tokens[end - len(s) + 1: end + 1]) == s for s in seqs if end - len(s) + 1 >= 0):
+            limit = e - end
+            break
+    best = {}
+    for i in range(e):
+        n = 0
+        while n < limit and i - n >= 0 and tokens[i - n] == tokens[e - n]:
+            n += 1
+        if n >= allowed:
+            best[tokens[i + 1]] = max(best.get(tokens[i + 1], 0), n)
+    return {t: mult * base ** (n - allowed) for t, n in best.items()}
+
+
+def test_multi_token_breaker_stops_the_match():
+    """'Bob said Alice: x y z ... Bob said Alice: x y' with "Alice:" as a breaker:
+    the repeat is only 'x y' (as llama.cpp), not the whole line."""
+    resolver = Resolver(TEXTS, encode)
+    bs = resolver(("Alice:",))
+    p = DryParams(multiplier=1.0, base=2.0, allowed_length=1)
+    line = [IDS["Bob"], IDS[" said"], IDS["Al"], IDS["ice:"], IDS["x"], IDS["y"], IDS["z"]]
+    ctx = [*line, IDS["\n"], *line[:-1]]
+    batch = DryBatch(2, torch.device("cpu"), len(TEXTS))
+    batch.set_breakers(0, bs)
+    batch.add(0, p, torch.tensor(ctx))
+    logits = torch.zeros(2, len(TEXTS))
+    batch.penalize(logits, torch.tensor([0]), torch.tensor([0]))
+    want = ref_multi(ctx, 1.0, 2.0, 1, [(IDS["Al"], IDS["ice:"]), (IDS["Alice:"],)])
+    assert want == {IDS["z"]: 2.0}  # 'x y' (L=2), not the 6-token repeat
+    assert {i: -v for i, v in enumerate(logits[0].tolist()) if v} == want
+    # Incrementally: appending the breaker's two tokens resets the match.
+    batch.set_breakers(1, bs)
+    batch.add(1, p, torch.tensor([*line[:2], IDS["\n"], *line[:2]]))
+    assert int(batch.bank.match[1].max()) == 2
+    for t in (IDS["Al"], IDS["ice:"]):
+        batch.append_rows(torch.tensor([1]), torch.tensor([t]))
+    assert int(batch.bank.match[1].max()) == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_incremental_multi_token_breakers_equal_reference(seed):
+    rng = random.Random(seed)
+    resolver = Resolver(TEXTS, encode)
+    bs = resolver(("Alice:", "\n"))
+    seqs = [(IDS["Al"], IDS["ice:"]), (IDS["Alice:"],), (IDS["\n"],)]
+    p = DryParams(multiplier=1.0, base=1.5, allowed_length=2)
+    alphabet = [IDS[t] for t in ("Al", "ice:", "x", "y", "Bob", "\n")]
+    ctx = [rng.choice(alphabet) for _ in range(20)]
+    batch = DryBatch(1, torch.device("cpu"), len(TEXTS))
+    batch.set_breakers(0, bs)
+    batch.add(0, p, torch.tensor(ctx))
+    for _ in range(40):
+        logits = torch.zeros(1, len(TEXTS))
+        batch.penalize(logits, torch.tensor([0]), torch.tensor([0]))
+        want = ref_multi(ctx, 1.0, 1.5, 2, seqs)
+        want = {t: v for t, v in want.items() if t not in bs.single}  # breakers are never penalised
+        got = {i: -v for i, v in enumerate(logits[0].tolist()) if v}
+        assert got == pytest.approx(want, rel=1e-5), ctx
+        t = rng.choice(alphabet)
+        ctx.append(t)
+        batch.bank.ensure_width(len(ctx) + 1)
+        batch.append_rows(torch.tensor([0]), torch.tensor([t]))
+
+
+def test_unseeded_xtc_seeds_identical_across_ranks():
+    """Two processors built from the same config (two tensor-parallel ranks)
+    give unseeded requests the same seeds."""
+    from vllm import SamplingParams
+
+    from vllm_plugin_core import compat
+    from vllm_plugin_samplers.processors import XtcLogitsProcessor
+
+    BatchUpdate, _ = compat.batch_update_types()
+    seeds = []
+    for _ in range(2):
+        proc = XtcLogitsProcessor(None, torch.device("cpu"), False)
+        proc.update_state(BatchUpdate(batch_size=3, removed=[], moved=[], added=[
+            (i, SamplingParams(extra_args={"xtc_probability": 0.5}), [1], []) for i in range(3)]))
+        seeds.append(proc.seed[:3].tolist())
+    assert seeds[0] == seeds[1] and len(set(seeds[0])) == 3
