@@ -441,7 +441,9 @@ def acquire(setting: str, max_bytes: int, keep: int, queue_max: int = DEFAULT_QU
             path = _RESOLVED[setting] = resolve_path(setting)
         entry = _WRITERS.get(path)
         if entry is None or entry[0].closed:
-            writer = JsonlWriter(path, max_bytes, keep, queue_max=queue_max)
+            # Directory mode names a new file per process start: nothing to claim.
+            own_file = path != os.path.abspath(os.path.expanduser(setting))
+            writer = JsonlWriter(path, max_bytes, keep, queue_max=queue_max, claim=not own_file)
             _WRITERS[path] = (writer, 1)
             return writer
         writer, refs = entry
