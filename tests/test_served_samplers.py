@@ -77,3 +77,35 @@ def test_bad_arguments_are_http_400_and_server_keeps_serving(openai_client, xarg
     assert err.value.status_code == 400
     assert field in str(err.value)
     assert len(complete(openai_client, n=4)) == 4
+
+
+def test_webui_breaker_string_and_xtc_probability_alone_are_accepted(openai_client):
+    """text-generation-webui's comma-separated breakers; XTC's threshold defaults to 0.1."""
+    webui = complete(openai_client, {"dry_multiplier": 0.8, "dry_sequence_breakers": '"\\n", ":", "\\"", "*"'}, n=6)
+    as_list = complete(openai_client, {"dry_multiplier": 0.8, "dry_sequence_breakers": ["\n", ":", '"', "*"]}, n=6)
+    assert webui == as_list
+    default = complete(openai_client, {"xtc_probability": 1.0}, n=6)
+    assert default == complete(openai_client, {"xtc_probability": 1.0, "xtc_threshold": 0.1}, n=6)
+
+
+def test_long_repetitive_dry_prompts_do_not_delay_a_plain_request(openai_client, shared_server):
+    """Adversarial: DRY requests whose prompts are one token repeated to the
+    server's whole context run beside a plain request; it is not delayed by
+    more than 1 s over its time alone."""
+    import concurrent.futures
+    import time
+
+    def plain():
+        t = time.perf_counter()
+        complete(openai_client, n=8)
+        return time.perf_counter() - t
+
+    alone = min(plain() for _ in range(3))
+    long_prompt = [9] * 480  # max-model-len 512
+    dry = {"dry_multiplier": 0.8, "dry_allowed_length": 2, "dry_base": 1.0001}  # no exponent clamp: full matches
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        hostile = [pool.submit(complete, openai_client, dry, long_prompt, 24) for _ in range(6)]
+        time.sleep(0.2)  # the DRY requests are admitted first
+        beside = pool.submit(plain).result()
+        assert all(len(h.result()) == 24 for h in hostile)
+    assert beside <= alone + 1.0, (alone, beside)

@@ -48,7 +48,7 @@ def xtc_apply(logits: torch.Tensor, threshold: torch.Tensor, act: torch.Tensor, 
     vals, idx = torch.topk(logits, k, dim=-1)
     top = vals[:, :1].float()
     # As softmax computes it: exp(x - max) / sum(exp(x - max)).
-    total = torch.exp(logits.float() - top).sum(-1, keepdim=True)
+    total = (logits.float() - top).exp_().sum(-1, keepdim=True)  # the one logits-sized temporary
     probs = torch.exp(vals.float() - top) / total
     above = probs >= threshold.to(probs.dtype)[:, None]
     # Keep the least probable token above the threshold (ties: the lowest id).
