@@ -1,0 +1,1 @@
+"""Test helpers of vllm-plugin-stats (a real OTLP receiver)."""
