@@ -156,3 +156,13 @@ def test_unseeded_xtc_seeds_identical_across_ranks():
             (i, SamplingParams(extra_args={"xtc_probability": 0.5}), [1], []) for i in range(3)]))
         seeds.append(proc.seed[:3].tolist())
     assert seeds[0] == seeds[1] and len(set(seeds[0])) == 3
+
+
+def test_unloadable_tokenizer_is_a_clear_error_at_start(tmp_path):
+    """DRY's processor loads the tokenizer when built (engine start), never in a step."""
+    from vllm_plugin_samplers.breakers import load_resolver
+
+    (tmp_path / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(RuntimeError, match="dry_sequence_breakers") as err:
+        load_resolver(str(tmp_path), False, None)
+    assert str(tmp_path) in str(err.value)
