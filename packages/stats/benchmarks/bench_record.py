@@ -1,4 +1,4 @@
-"""Cost of one ``record()`` call: vllm-plugin-stats vs vLLM's LoggingStatLogger.
+"""Cost of one ``record()`` call: vllm-plugin-stats (``jsonl`` and ``otel``) vs vLLM's LoggingStatLogger.
 
 Plain script, no engine started. Run from the repository root:
 
@@ -6,11 +6,17 @@ Plain script, no engine started. Run from the repository root:
 
 Feeds the same real ``SchedulerStats`` / ``IterationStats`` objects to
 ``JsonlStatLogger.record()`` (writing to a temporary file, ``request`` records
-off and on) and to vLLM's ``LoggingStatLogger.record()``, in the same process, and prints
+off and on), to ``OtelStatLogger.record()`` (delta temporality, a real
+OTLP/HTTP receiver on loopback in this process) and to
+vLLM's ``LoggingStatLogger.record()``, in the same process, and prints
 the mean nanoseconds per call for two cases: a decode step with no finished
 request, and a step where one request finishes. ``log()`` is called every
 ``LOG_EVERY`` records for both loggers (outside the timed region) so the
-per-interval lists stay the size they have in a server.
+per-interval lists stay the size they have in a server. For ``otel`` the
+equivalent of ``log()`` is the hand-over of the aggregate to the OpenTelemetry
+SDK that its reader thread does before each export; the benchmark does it at
+the same points (periodic export off) and reports its cost separately, per
+``record()`` call, together with the exports the receiver got.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from vllm.v1.metrics.stats import (  # noqa: E402
 )
 
 from vllm_plugin_stats.logger import JsonlStatLogger  # noqa: E402
+from vllm_plugin_stats.otel import OtelStatLogger  # noqa: E402
+from vllm_plugin_stats.testing.otlp_receiver import OtlpReceiver  # noqa: E402
 
 N = int(os.environ.get("BENCH_N", "200000"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
@@ -75,9 +83,11 @@ def make_inputs(n_finished: int) -> tuple[SchedulerStats, IterationStats]:
     return sched, it
 
 
-def bench(stat_logger, sched, it) -> float:
-    """Best-of-REPEATS mean ns per record() call."""
+def bench(stat_logger, sched, it, between=None) -> float:
+    """Best-of-REPEATS mean ns per record() call; ``between()`` (default
+    ``log()``) runs every LOG_EVERY calls, not timed."""
     record = stat_logger.record
+    between = between or stat_logger.log
     best = float("inf")
     for _ in range(REPEATS):
         total = 0
@@ -89,7 +99,7 @@ def bench(stat_logger, sched, it) -> float:
                 record(sched, it)
             total += time.perf_counter_ns() - t0
             done += chunk
-            stat_logger.log()
+            between()
         best = min(best, total / N)
     return best
 
@@ -98,7 +108,20 @@ def main() -> None:
     logging.getLogger("vllm").setLevel(logging.WARNING)  # LoggingStatLogger.log() lines
     config = VllmConfig()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, OtlpReceiver() as receiver:
+        os.environ["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] = receiver.metrics_url
+        os.environ["OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"] = "delta"
+        os.environ["OTEL_METRIC_EXPORT_INTERVAL"] = "3600000"
+        otel = OtelStatLogger(config, 0)
+        assert otel.active
+        pipeline = otel._pipeline
+        hand_over_ns = [0]
+
+        def hand_over() -> None:
+            t0 = time.perf_counter_ns()
+            pipeline.hand_over(otel)
+            hand_over_ns[0] += time.perf_counter_ns() - t0
+            pipeline.reader.collect()  # export to the receiver (not timed)
         theirs = LoggingStatLogger(config, 0)
         ours = {}
         for requests in ("0", "1"):
@@ -112,11 +135,15 @@ def main() -> None:
                 t_theirs = bench(theirs, sched, it)
                 t_off = bench(ours["0"], sched, it)
                 t_on = bench(ours["1"], sched, it)
-                rows.append((label, t_off, t_on, t_theirs))
+                hand_over_ns[0] = 0
+                t_otel = bench(otel, sched, it, hand_over)
+                rows.append((label, t_off, t_on, t_otel, t_theirs, hand_over_ns[0] / (N * REPEATS)))
         finally:
             gc.enable()
         for stat_logger in ours.values():
             stat_logger.close()
+        otel.close()
+        exports = len(receiver.requests)
 
     import platform
 
@@ -125,11 +152,16 @@ def main() -> None:
     print(f"vLLM {vllm.__version__}, Python {platform.python_version()}, {platform.machine()}, "
           f"{os.cpu_count()} CPUs, N={N} calls x best of {REPEATS}, log() every {LOG_EVERY} calls (not timed)")
     print("mean ns per record() call; the writer thread runs meanwhile (it shares the GIL)")
-    head = ("record() call", "Jsonl REQUESTS=0", "Jsonl REQUESTS=1", "LoggingStatLogger", "ratio 0", "ratio 1")
-    print(f"{head[0]:<22}{head[1]:>18}{head[2]:>18}{head[3]:>19}{head[4]:>9}{head[5]:>9}")
-    for label, t_off, t_on, t_theirs in rows:
-        print(f"{label:<22}{t_off:>15.0f} ns{t_on:>15.0f} ns{t_theirs:>16.0f} ns"
-              f"{t_off / t_theirs:>9.2f}{t_on / t_theirs:>9.2f}")
+    print(f"otel: {exports} OTLP exports received; target: otel record() <= 2x LoggingStatLogger.record()")
+    head = ("record() call", "Jsonl REQUESTS=0", "Jsonl REQUESTS=1", "otel", "LoggingStatLogger",
+            "ratio 0", "ratio 1", "ratio otel")
+    print(f"{head[0]:<22}{head[1]:>18}{head[2]:>18}{head[3]:>12}{head[4]:>19}{head[5]:>9}{head[6]:>9}{head[7]:>12}")
+    for label, t_off, t_on, t_otel, t_theirs, _ in rows:
+        print(f"{label:<22}{t_off:>15.0f} ns{t_on:>15.0f} ns{t_otel:>9.0f} ns{t_theirs:>16.0f} ns"
+              f"{t_off / t_theirs:>9.2f}{t_on / t_theirs:>9.2f}{t_otel / t_theirs:>12.2f}")
+    print("otel hand-over to the SDK (its reader thread, before each export), per record() call:")
+    for label, *_, t_hand in rows:
+        print(f"{label:<22}{t_hand:>15.0f} ns")
 
 
 if __name__ == "__main__":
