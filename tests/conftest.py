@@ -75,8 +75,18 @@ def registrations_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def otlp_receiver():
+    """A real OTLP/HTTP metrics receiver on loopback; the shared server's
+    ``otel`` stat logger exports to it (delta temporality, every 2 s)."""
+    from vllm_plugin_stats.testing.otlp_receiver import OtlpReceiver
+
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
 def shared_server(tiny_causal_lm: Path, stats_dir: Path, s3_env: dict[str, str],
-                  tmp_path_factory: pytest.TempPathFactory, registrations_file: Path):
+                  tmp_path_factory: pytest.TempPathFactory, registrations_file: Path, otlp_receiver):
     from vllm_plugin_core.testing.install import install_into
 
     extra = install_into(tmp_path_factory.mktemp("extra-plugins"),
@@ -94,6 +104,10 @@ def shared_server(tiny_causal_lm: Path, stats_dir: Path, s3_env: dict[str, str],
         "VLLM_PLUGIN_STRICT": "0",
         "VLLM_LOG_STATS_INTERVAL": "1",
         UNDECLARED: "1",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": otlp_receiver.metrics_url,
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "delta",
+        "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT": "2",
+        "OTEL_METRIC_EXPORT_INTERVAL": "2000",
     }
     env = {**{k: v for k, v in os.environ.items() if k != "VLLM_PLUGINS"}, **env}
     server = VllmServer(tiny_causal_lm, ["--max-model-len", "512", "--max-num-seqs", "8",
