@@ -166,3 +166,21 @@ def test_unloadable_tokenizer_is_a_clear_error_at_start(tmp_path):
     with pytest.raises(RuntimeError, match="dry_sequence_breakers") as err:
         load_resolver(str(tmp_path), False, None)
     assert str(tmp_path) in str(err.value)
+
+
+def test_distinct_breaker_sets_have_bounded_tables():
+    """Hostile input: every request names new breakers; the device tables stay
+    bounded by the slots in use, and a slot keeps its own set."""
+    from vllm_plugin_samplers.breakers import BreakerSet
+
+    batch = DryBatch(2, torch.device("cpu"), 50)
+    batch.set_breakers(1, BreakerSet(frozenset({7})))
+    for k in range(20):
+        batch.set_breakers(0, BreakerSet(frozenset({10 + k})))
+    assert len(batch._sets) <= 4 and batch.single.shape[0] <= 5
+    assert batch.single[batch.set_idx[1], 7] and not batch.single[batch.set_idx[1], 29]
+    assert batch.single[batch.set_idx[0], 29]
+    resolver = Resolver([str(i) for i in range(50)])
+    for k in range(300):
+        resolver((f"{k}x",))
+    assert len(resolver._cache) == Resolver.max_sets

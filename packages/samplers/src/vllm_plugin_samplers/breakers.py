@@ -64,7 +64,10 @@ def resolve_breakers(breakers: Sequence[str], texts: np.ndarray,
 
 
 class Resolver:
-    """Decodes a tokenizer's vocabulary once; resolves breaker sets once each."""
+    """Decodes a tokenizer's vocabulary once; resolves breaker sets once each
+    (the last ``max_sets`` distinct sets are kept)."""
+
+    max_sets = 256
 
     def __init__(self, texts: Sequence[str], encode: Callable[[str], list[int]] | None = None) -> None:
         self.texts = np.asarray(list(texts), dtype=str)
@@ -83,9 +86,12 @@ class Resolver:
     def __call__(self, breakers: Sequence[str]) -> BreakerSet:
         key = tuple(breakers)
         with self._lock:
-            got = self._cache.get(key)
+            got = self._cache.pop(key, None)
             if got is None:
-                got = self._cache[key] = resolve_breakers(key, self.texts, self.encode)
+                got = resolve_breakers(key, self.texts, self.encode)
+            self._cache[key] = got  # most recent last; bounded
+            while len(self._cache) > self.max_sets:
+                del self._cache[next(iter(self._cache))]
         return got
 
 

@@ -126,27 +126,47 @@ class DryBatch(_Batch):
         self.allowed = torch.ones(slots + 1, dtype=torch.int32, **f)
         self.last_n = torch.zeros(slots + 1, dtype=torch.int32, **f)
         self.set_idx = torch.zeros(slots + 1, dtype=torch.long, **f)
+        self.set_np = np.zeros(slots + 1, dtype=np.int64)  # host mirror of set_idx
         self._sets: dict[BreakerSet, int] = {}
         self.single = torch.zeros((1, vocab), dtype=torch.bool, **f)
         # Multi-token breakers: (tail tensor, head mask [vocab], set index).
         self.tails: list[tuple[torch.Tensor, torch.Tensor, int]] = []
 
     def set_breakers(self, slot: int, bs: BreakerSet) -> None:
+        """Point ``slot`` at the device tables of breaker set ``bs`` (added once)."""
         idx = self._sets.get(bs)
         if idx is None:
+            if len(self._sets) > self.slots:  # bounded: keep only the sets slots still use
+                self._rebuild({b for b, i in self._sets.items() if i in set(self.set_np.tolist())})
             idx = self._sets[bs] = len(self._sets) + 1
-            row = torch.zeros((1, self.vocab), dtype=torch.bool, device=self.device)
-            ids = [i for i in bs.single if i < self.vocab]
-            if ids:
-                row[0, ids] = True
-            self.single = torch.cat([self.single, row])
-            for tail, heads in bs.tails:
-                mask = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
-                hs = [h for h in heads if h < self.vocab]
-                if hs:
-                    mask[hs] = True
-                self.tails.append((torch.tensor(tail, dtype=torch.int32, device=self.device), mask, idx))
+            self._add_tables(bs, idx)
         self.set_idx[slot] = idx
+        self.set_np[slot] = idx
+
+    def _add_tables(self, bs: BreakerSet, idx: int) -> None:
+        row = torch.zeros((1, self.vocab), dtype=torch.bool, device=self.device)
+        ids = [i for i in bs.single if i < self.vocab]
+        if ids:
+            row[0, ids] = True
+        self.single = torch.cat([self.single, row])
+        for tail, heads in bs.tails:
+            mask = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
+            hs = [h for h in heads if h < self.vocab]
+            if hs:
+                mask[hs] = True
+            self.tails.append((torch.tensor(tail, dtype=torch.int32, device=self.device), mask, idx))
+
+    def _rebuild(self, keep: set[BreakerSet]) -> None:
+        old = dict(self._sets)
+        self._sets, self.tails = {}, []
+        self.single = self.single[:1]
+        remap = np.zeros(len(old) + 2, dtype=np.int64)
+        for bs in keep:
+            idx = self._sets[bs] = len(self._sets) + 1
+            self._add_tables(bs, idx)
+            remap[old[bs]] = idx
+        self.set_np = remap[self.set_np]
+        self.set_idx.copy_(torch.from_numpy(self.set_np))
 
     def _is_single(self, set_idx: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         inside = (tokens >= 0) & (tokens < self.vocab)

@@ -305,7 +305,7 @@ class DryLogitsProcessor(_SuffixProcessor):
 
     def _slot_tensors(self) -> list[torch.Tensor]:
         b = self.batch
-        return [b.cap, b.mult, b.log_base, b.max_exp, b.allowed, b.last_n, b.set_idx]
+        return [b.cap, b.mult, b.log_base, b.max_exp, b.allowed, b.last_n, b.set_idx, b.set_np]
 
     def _admit(self, slot: int, p: P.DryParams, sampling_params: Any, tokens: torch.Tensor) -> None:
         self.batch.set_breakers(slot, self.resolver(p.sequence_breakers))
