@@ -67,6 +67,10 @@ def main() -> int:
     nanochat = sys.argv[3] if len(sys.argv) > 3 else None
     result: dict = {}
     try:
+        import _op_guard
+
+        if os.environ.get("VLLM_PLUGIN_TORCH_NATIVE") == "1":
+            _op_guard.install()  # (tested on its own in test_op_guard.py)
         from vllm import LLM
         from vllm.platforms import current_platform
 
@@ -105,6 +109,7 @@ def main() -> int:
             result["linear_calls"] = dict(linear.CALLS)
         except Exception as exc:  # the CPU reference run: not imported there
             result["op_calls"] = {"import_error": repr(exc)}
+        result["compiled_ops"] = _op_guard.report()
         result["ok"] = True
     except BaseException as exc:
         result["ok"] = False

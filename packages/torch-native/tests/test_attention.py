@@ -112,11 +112,40 @@ def test_cache_write_by_slot():
     ({"alibi_slopes": [1.0]}, "ALiBi"),
     ({"logits_soft_cap": 30.0}, "logits soft cap"),
     ({"kv_cache_dtype": "fp8"}, "kv_cache_dtype=fp8"),
-    ({"attn_type": "encoder_only"}, "attention type"),
+    ({"attn_type": "decoder_encoder"}, "attention type"),
+    ({"attn_type": "encoder_only", "sliding_window": 8}, "sliding window in encoder-only"),
 ])
 def test_unsupported_features_fail_at_construction(kwargs, says):
     with pytest.raises(UnsupportedAttentionFeature, match=says):
         TorchNativeAttentionImpl(2, 8, 1.0, 2, **kwargs)
+
+
+@pytest.mark.parametrize(("heads", "hkv"), [(4, 4), (4, 2)])
+def test_encoder_only_matches_dense_bidirectional(heads, hkv):
+    """Pooling models: each request attends to all its tokens (no mask, no cache),
+    never to another request's; one padding token after the last request."""
+    g = torch.Generator().manual_seed(3)
+    d, lens = 8, [5, 1, 7]
+    n = sum(lens)
+    q, k, v = (torch.randn(n + 1, h, d, generator=g) for h in (heads, hkv, hkv))
+    qsl = torch.tensor([0, 5, 6, 13], dtype=torch.int32)
+    cm = SimpleNamespace(num_reqs=3, num_actual_tokens=n, max_query_len=7, max_seq_len=7,
+                         query_start_loc=qsl, seq_lens=torch.tensor(lens), causal=False,
+                         block_table_tensor=torch.zeros(3, 1, dtype=torch.int32),
+                         slot_mapping=torch.full((n + 1,), -1))
+    m = metadata_from_common(cm)
+    impl = TorchNativeAttentionImpl(heads, d, 0.3, hkv, attn_type="encoder_only")
+    out = impl.forward(None, q, k, v, torch.empty(0), m, output=torch.zeros(n + 1, heads, d))
+    for a, b in zip(qsl[:-1].tolist(), qsl[1:].tolist(), strict=True):
+        kr = k[a:b].repeat_interleave(heads // hkv, dim=1).double()
+        vr = v[a:b].repeat_interleave(heads // hkv, dim=1).double()
+        ref = torch.einsum("hts,shd->thd", (torch.einsum("thd,shd->hts", q[a:b].double(), kr) * 0.3)
+                           .softmax(-1), vr)
+        torch.testing.assert_close(out[a:b].double(), ref, atol=1e-5, rtol=1e-5)
+    assert out[n].abs().sum() == 0
+    kv = torch.zeros(2, hkv, BLOCK, 2 * d)
+    impl.do_kv_cache_update(None, k, v, kv, torch.arange(n + 1))  # no cache for encoder layers
+    assert kv.abs().sum() == 0
 
 
 def test_backend_declarations():
@@ -129,6 +158,8 @@ def test_backend_declarations():
     assert b.supports_dtype(torch.float32) and b.supports_dtype(torch.bfloat16)
     assert not b.supports_dtype(torch.float16)
     assert b.supports_sliding_window()
+    assert b.supports_attn_type("decoder") and b.supports_attn_type("encoder_only")
+    assert not b.supports_attn_type("encoder_decoder")
     assert b.forward_includes_kv_cache_update is False
     # 0.31 added a kv_cache_spec argument; MultipleOf has no __eq__ before 0.32
     for sizes in (b.get_supported_kernel_block_sizes(), b.get_supported_kernel_block_sizes(kv_cache_spec=None)):

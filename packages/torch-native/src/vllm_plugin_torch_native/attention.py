@@ -14,6 +14,9 @@ runner computes ``slot_mapping`` for the new tokens.
   after a prefix-cache hit) on its own, causal mask offset by the number of
   tokens already in the cache. Grouped-query attention through
   ``enable_gqa``; a sliding window narrows the mask.
+* encoder-only layers (pooling models such as BERT: non-causal, no KV cache):
+  every request of the step in one ``scaled_dot_product_attention`` over the
+  step's own keys/values with a block-diagonal mask (no loop, no host sync).
 
 The metadata builder is this module's own (no C++ scheduler metadata): it keeps
 the fields of vLLM's ``CommonAttentionMetadata`` the forward needs, plus their
@@ -39,7 +42,9 @@ from vllm.v1.attention.backend import (
 from vllm_plugin_torch_native import BACKEND_NAME
 
 #: Calls of this module's code in this process (tests check dispatch).
-CALLS: dict[str, int] = {"kv_cache_update": 0, "forward": 0}
+CALLS: dict[str, int] = {"kv_cache_update": 0, "forward": 0, "encoder_forward": 0}
+#: Decoder (causal, paged KV cache) and encoder-only (non-causal, no cache) layers.
+SUPPORTED_ATTN_TYPES = (AttentionType.DECODER, AttentionType.ENCODER_ONLY)
 
 
 class UnsupportedAttentionFeature(NotImplementedError):
@@ -94,7 +99,7 @@ class TorchNativeAttentionBackend(AttentionBackend):
 
     @classmethod
     def supports_attn_type(cls, attn_type: str) -> bool:
-        return attn_type == AttentionType.DECODER
+        return attn_type in SUPPORTED_ATTN_TYPES
 
     @staticmethod
     def use_cascade_attention(*args: Any, **kwargs: Any) -> bool:
@@ -139,8 +144,11 @@ def metadata_from_common(cm: Any) -> TorchNativeMetadata:
         raise UnsupportedAttentionFeature(
             "torch_native attention: per-token causality (dynamic causal masks) is not supported"
         )
-    if not causal:
-        raise UnsupportedAttentionFeature("torch_native attention: non-causal attention")
+    if not causal:  # encoder-only layers: the forward needs the device tensors only
+        return TorchNativeMetadata(
+            num_actual_tokens=cm.num_actual_tokens, num_reqs=num_reqs, max_query_len=cm.max_query_len,
+            max_seq_len=cm.max_seq_len, query_start_loc=cm.query_start_loc, seq_lens=cm.seq_lens,
+            block_table=cm.block_table_tensor, slot_mapping=cm.slot_mapping, causal=False)
     qsl_cpu = getattr(cm, "query_start_loc_cpu", None)
     if qsl_cpu is None:
         qsl_cpu = cm.query_start_loc
@@ -229,8 +237,10 @@ class TorchNativeAttentionImpl(AttentionImpl[TorchNativeMetadata]):
             unsupported.append(f"logits soft cap ({logits_soft_cap})")
         if sinks is not None:
             unsupported.append("attention sinks")
-        if attn_type != AttentionType.DECODER:
+        if attn_type not in SUPPORTED_ATTN_TYPES:
             unsupported.append(f"attention type {attn_type}")
+        elif attn_type == AttentionType.ENCODER_ONLY and sliding_window:
+            unsupported.append("sliding window in encoder-only attention")
         if kv_cache_dtype not in ("auto", "float32", "bfloat16"):
             unsupported.append(f"kv_cache_dtype={kv_cache_dtype}")
         if unsupported:
@@ -252,8 +262,8 @@ class TorchNativeAttentionImpl(AttentionImpl[TorchNativeMetadata]):
     def do_kv_cache_update(self, layer: Any, key: torch.Tensor, value: torch.Tensor,
                            kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         CALLS["kv_cache_update"] += 1
-        if kv_cache.numel() == 0:
-            return
+        if kv_cache.numel() == 0 or self.attn_type == AttentionType.ENCODER_ONLY:
+            return  # encoder-only layers keep no cache
         write_kv(kv_cache, key, value, slot_mapping)
 
     # -- attention -----------------------------------------------------------
@@ -267,8 +277,12 @@ class TorchNativeAttentionImpl(AttentionImpl[TorchNativeMetadata]):
             output = torch.empty_like(query)
         if attn_metadata is None:  # profiling / warm-up run
             return output
-        CALLS["forward"] += 1
         m = attn_metadata
+        if not m.causal:
+            CALLS["encoder_forward"] += 1
+            self._encoder(query, key, value, m, output)
+            return output
+        CALLS["forward"] += 1
         qsl, seq_lens = m.query_start_loc_list, m.seq_lens_list
         d = self.head_size
         if m.decode_reqs is not None:
@@ -295,6 +309,20 @@ class TorchNativeAttentionImpl(AttentionImpl[TorchNativeMetadata]):
                     enable_gqa=self.gqa)
             output[q0:q1] = out.transpose(0, 1).to(output.dtype)
         return output
+
+    def _encoder(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 m: TorchNativeMetadata, output: torch.Tensor) -> None:
+        """Non-causal attention of each request over its own tokens of this step."""
+        n = m.num_actual_tokens
+        ends = m.query_start_loc[1:m.num_reqs + 1].long()
+        seq = torch.searchsorted(ends, torch.arange(n, device=query.device), right=True)
+        mask = seq[:, None] == seq[None, :]  # [n, n] block-diagonal
+        q = query[:n].transpose(0, 1)  # [H, n, D]
+        k = key[:n].transpose(0, 1).to(q.dtype)
+        v = value[:n].transpose(0, 1).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
+                                             enable_gqa=self.gqa)
+        output[:n] = out.transpose(0, 1).to(output.dtype)
 
     def _decode(self, query: torch.Tensor, kv_cache: torch.Tensor, m: TorchNativeMetadata,
                 output: torch.Tensor) -> None:

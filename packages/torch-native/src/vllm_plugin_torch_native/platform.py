@@ -13,7 +13,8 @@ Own (this package):
   weights prepacked once after loading by the worker (:mod:`.worker`);
 * ``check_and_update_config``: refuses at engine start what is not supported
   (dtype other than float32/bfloat16, quantization, quantized KV cache,
-  pipeline parallelism > 1, speculative decoding, LoRA, MLA, pooling models),
+  pipeline parallelism > 1, speculative decoding, MLA); LoRA runs on the
+  CPU platform's PyTorch punica wrapper (``PunicaWrapperCPU``),
   and runs the model eagerly (no torch.compile).
 
 Reused from ``CpuPlatform`` (inherited, unchanged): the worker
@@ -68,8 +69,8 @@ def check_supported(vllm_config: Any) -> None:
         if getattr(model_config, "use_mla", False):
             _fail("multi-head latent attention (MLA models)", "Use a model with standard attention.")
         runner = getattr(model_config, "runner_type", "generate")
-        if runner not in ("generate", None):
-            _fail(f"the {runner!r} runner (pooling/embedding models)", "Use a generative model.")
+        if runner not in ("generate", "pooling", None):
+            _fail(f"the {runner!r} runner", "Use a generative or a pooling model.")
     cache_config = vllm_config.cache_config
     if cache_config is not None and cache_config.cache_dtype not in ("auto", "float32", "bfloat16"):
         _fail(f"kv_cache_dtype={cache_config.cache_dtype!r}", "Leave kv_cache_dtype at 'auto'.")
@@ -83,8 +84,6 @@ def check_supported(vllm_config: Any) -> None:
         _fail(f"data_parallel_size={pc.data_parallel_size}", "Run one engine.")
     if getattr(vllm_config, "speculative_config", None) is not None:
         _fail("speculative decoding", "Drop speculative_config.")
-    if getattr(vllm_config, "lora_config", None) is not None:
-        _fail("LoRA (not yet)", "Drop enable_lora.")
 
 
 def _noop(*args: Any, **kwargs: Any) -> None:
@@ -178,6 +177,20 @@ class TorchNativePlatform(CpuPlatform):
 
         register_custom_ops()
         install_accelerator_noops()
+
+    @classmethod
+    def import_kernels(cls) -> None:
+        # CpuPlatform loads vLLM's compiled CPU kernels (``vllm._C``) here; this
+        # platform uses none of them (the CUDA wheel has none for the CPU).
+        return None
+
+    @classmethod
+    def register_triton_kernel_overrides(cls) -> None:
+        # CpuPlatform swaps vLLM's Triton kernels for C++ ops of its CPU build
+        # (vLLM 0.31+). The only one reached here, the slot mapping, is
+        # replaced with PyTorch by the worker (slots.py); the others serve
+        # speculative decoding and Mamba, refused at start.
+        return None
 
     @classmethod
     def opaque_attention_op(cls) -> bool:

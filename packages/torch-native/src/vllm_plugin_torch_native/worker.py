@@ -1,19 +1,51 @@
 """``TorchNativeWorker``: vLLM's ``CPUWorker`` with the platform's own GEMM,
-and the few branches that vLLM takes on ``current_platform.is_cpu()`` (false
-on an out-of-tree platform) restored for this CPU-device platform.
+no op of vLLM's compiled extensions, and the few branches that vLLM takes on
+``current_platform.is_cpu()`` (false on an out-of-tree platform) restored for
+this CPU-device platform.
+
+``CPUWorker.__init__`` binds memory with ``torch.ops._C.init_cpu_memory_env``
+(vLLM's CPU build only): this worker skips it (it initialises the GPU worker
+base itself, keeping the CPU worker's memory budget), and routes the per-step
+slot mapping to plain PyTorch (:mod:`.slots`).
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from vllm.v1.worker.cpu_worker import CPUWorker
+from vllm.v1.worker.gpu_worker import Worker
 
+from vllm_plugin_torch_native import slots
 from vllm_plugin_torch_native.linear import pack_linear_layers
 
 
+def requested_memory(gpu_memory_utilization: float) -> int:
+    """The CPU worker's budget: that fraction of the first allowed CPU's NUMA node
+    (of the machine where NUMA information is unavailable)."""
+    try:
+        from vllm.utils.cpu_resource_utils import get_allowed_cpu_list, get_memory_node_info
+
+        total = get_memory_node_info(get_allowed_cpu_list()[0].numa_node).total_memory
+    except Exception:
+        import psutil
+
+        total = psutil.virtual_memory().total
+    return math.ceil(total * gpu_memory_utilization)
+
+
 class TorchNativeWorker(CPUWorker):
+    def __init__(self, vllm_config: Any, local_rank: int, rank: int, distributed_init_method: str,
+                 is_driver_worker: bool = False) -> None:
+        # Not CPUWorker.__init__ (a C++ op binds memory there): what it sets, then the base.
+        self.requested_cpu_memory = requested_memory(vllm_config.cache_config.gpu_memory_utilization)
+        Worker.__init__(self, vllm_config, local_rank, rank, distributed_init_method,
+                        is_driver_worker=is_driver_worker)
+        self.parallel_config.disable_custom_all_reduce = True
+        slots.install()
+
     def load_model(self, *args: Any, **kwargs: Any) -> None:
         super().load_model(*args, **kwargs)
         # The platform's own GEMM (linear.py): prepack weights once, after loading.
