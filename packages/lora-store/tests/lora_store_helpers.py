@@ -67,3 +67,25 @@ def temp_entries(cache_dir: Path) -> list[str]:
     """Temp folders (their ``.lock`` files are not counted)."""
     d = cache_dir / "tmp"
     return sorted(p.name for p in d.iterdir() if not p.name.endswith(".lock")) if d.exists() else []
+
+
+#: A module name that makes ``(a|a)+`` backtrack for minutes under ``re``.
+HOSTILE_MODULE = "a" * 40 + "!"
+
+
+def make_hostile(folder: Path, kind: str) -> None:
+    """Spoil a copy of the good adapter: its q_proj of layer 0 becomes module
+    ``HOSTILE_MODULE``, and ``target_modules`` (kind ``target``) or a
+    ``rank_pattern`` key (kind ``rank``) is the backtracking ``(a|a)+``."""
+    path = folder / "adapter_model.safetensors"
+    header, data = read_safetensors(path)
+    old = "base_model.model.model.layers.0.self_attn.q_proj"
+    header = {k.replace(old, f"base_model.model.{HOSTILE_MODULE}"): v for k, v in header.items()}
+    write_safetensors(path, header, data)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    if kind == "target":
+        config["target_modules"] = "(a|a)+|.*\\.(q_proj|v_proj)"
+    else:
+        config["target_modules"] = [*config["target_modules"], HOSTILE_MODULE]
+        config["rank_pattern"] = {"(a|a)+": config["r"]}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
