@@ -19,6 +19,7 @@ class SlowS3:
         self.drip: set[str] = set()
         self.chunk, self.interval = chunk, interval
         self.gets: list[str] = []
+        self.drips_ended = 0  # drip responses finished or abandoned by the client
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -63,6 +64,8 @@ class SlowS3:
                         time.sleep(owner.interval)
                 except OSError:
                     pass  # the client gave up
+                finally:
+                    owner.drips_ended += 1
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -47,9 +47,11 @@ def test_stalled_adapter_hits_deadline_and_others_are_not_delayed(tmp_path, s3, 
     assert slow is None and 1.4 < t_slow < 3.0, t_slow  # the deadline, not the drip (~55 s)
     warnings = [m for m in plugin_log.messages(logging.WARNING) if "'slow'" in m]
     assert len(warnings) == 1 and "FETCH_DEADLINE_SECONDS" in warnings[0]
-    # the worker stops at its next read: the pool thread is free again
-    time.sleep(0.5)
-    assert not r._inflight and cached_names(tmp_path / "cache") == ["good"]
+    # the worker stops at its next read and closes the stream: the pool thread is free again
+    until = time.monotonic() + 2.0
+    while s3.drips_ended == 0 and time.monotonic() < until:
+        time.sleep(0.05)
+    assert s3.drips_ended == 1 and cached_names(tmp_path / "cache") == ["good"]
     # and the next request within the stall's TTL does not start another stalled fetch
     gets = len(s3.gets)
     assert run(r.resolve_lora(str(base_model), "slow")) is None and len(s3.gets) == gets
