@@ -119,9 +119,9 @@ async def bench_single_flight(store: Path, work: Path, n: int) -> tuple[int, flo
     calls = []
     original = r.store.fetch
 
-    def fetch(*args):
+    def fetch(*args, **kw):
         calls.append(args[0])
-        original(*args)
+        original(*args, **kw)
 
     r.store.fetch = fetch
     t0 = time.perf_counter()
