@@ -33,7 +33,33 @@ def stats_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 #: Adapters put in the S3 store: name -> how to spoil a copy of the good one.
-ADAPTERS = ("good", "conc", "pickled", "wrongbase", "notlora")
+ADAPTERS = ("good", "conc", "pickled", "wrongbase", "notlora", "hostile-target", "hostile-rank")
+#: A module name the hostile adapters give layer 0's q_proj: ``(a|a)+`` backtracks
+#: exponentially on it under Python's ``re``.
+HOSTILE_MODULE = "a" * 40 + "!"
+
+
+def _make_hostile(files: dict[str, bytes], config: dict, kind: str) -> dict[str, bytes]:
+    """A copy of the good adapter whose q_proj of layer 0 is renamed to
+    ``HOSTILE_MODULE`` and whose ``target_modules`` (kind ``target``) or a
+    ``rank_pattern`` key (kind ``rank``) is the backtracking ``(a|a)+``."""
+    import json
+    import struct
+
+    raw = files["adapter_model.safetensors"]
+    (n,) = struct.unpack("<Q", raw[:8])
+    old = "base_model.model.model.layers.0.self_attn.q_proj"
+    header = {k.replace(old, f"base_model.model.{HOSTILE_MODULE}"): v
+              for k, v in json.loads(raw[8:8 + n]).items()}
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    if kind == "target":
+        config = {**config, "target_modules": "(a|a)+|.*\\.(q_proj|v_proj)"}
+    else:
+        config = {**config, "target_modules": [*config["target_modules"], HOSTILE_MODULE],
+                  "rank_pattern": {"(a|a)+": config["r"]}}
+    return {**files, "adapter_model.safetensors": struct.pack("<Q", len(blob)) + blob + raw[8 + n:],
+            "adapter_config.json": json.dumps(config).encode()}
 
 
 def _upload_adapters(client, bucket: str, prefix: str, adapter: Path) -> None:
@@ -51,6 +77,8 @@ def _upload_adapters(client, bucket: str, prefix: str, adapter: Path) -> None:
             these["adapter_config.json"] = json.dumps({**config, "base_model_name_or_path": "someone/else"}).encode()
         elif name == "notlora":
             these["adapter_config.json"] = json.dumps({**config, "peft_type": "IA3"}).encode()
+        elif name.startswith("hostile-"):
+            these = _make_hostile(these, config, name.removeprefix("hostile-"))
         for fname, data in these.items():
             client.put_object(Bucket=bucket, Key=f"{prefix}/{name}/{fname}", Body=data)
 

@@ -78,3 +78,43 @@ def test_refusals_are_not_found_and_server_keeps_serving(openai_client, shared_s
         warnings = [ln for ln in shared_server.log_text().splitlines()
                     if "WARNING" in ln and f"'{name}'" in ln and "lora" in ln.lower()]
         assert len(warnings) == 1, f"one warning per adapter and reason: {warnings}"
+
+
+def test_hostile_patterns_refused_while_plain_requests_keep_their_latency(openai_client, shared_server):
+    """Issue 19: adapters whose ``target_modules`` / ``rank_pattern`` backtrack
+    exponentially under Python's ``re`` are refused, and a plain request sent at
+    the same moment is not delayed by more than 100 ms."""
+    import statistics
+    import threading
+    import time
+
+    def plain() -> float:
+        start = time.perf_counter()
+        complete(openai_client, "tiny", n=2)
+        return time.perf_counter() - start
+
+    plain()  # warm
+    baseline = statistics.median(plain() for _ in range(5))
+    refused: dict[str, float] = {}
+
+    def hostile(name: str) -> None:
+        start = time.perf_counter()
+        with pytest.raises(openai.NotFoundError):
+            complete(openai_client, name, n=2)
+        refused[name] = time.perf_counter() - start
+
+    threads = [threading.Thread(target=hostile, args=(n,)) for n in ("hostile-target", "hostile-rank")]
+    for t in threads:
+        t.start()
+    during = [plain() for _ in range(3)]
+    for t in threads:
+        t.join()
+    assert set(refused) == {"hostile-target", "hostile-rank"}
+    assert statistics.median(during) < baseline + 0.1, (
+        f"plain request {[round(d * 1000) for d in during]} ms during the hostile resolves, "
+        f"{baseline * 1000:.0f} ms before")
+    log = shared_server.log_text()
+    for name in refused:
+        lines = [ln for ln in log.splitlines() if f"'{name}'" in ln and "target_modules / rank_pattern" in ln]
+        assert lines, f"no refusal naming the patterns for {name}"
+    assert len(complete(openai_client, "tiny", n=2)) == 2
