@@ -101,6 +101,11 @@ def pack_linear_layers(model: torch.nn.Module) -> int:
     """
     swapped = skipped = 0
     for module in model.modules():
+        if hasattr(module, "base_layer"):
+            # A LoRA wrapper (vllm.lora.layers): its ``weight`` is its base layer's, which
+            # model.modules() yields too and gets packed; the wrapper calls the base
+            # layer's quant_method.
+            continue
         qm = getattr(module, "quant_method", None)
         weight = getattr(module, "weight", None)
         if qm is None or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
