@@ -172,11 +172,16 @@ class _SamplerProcessor(*compat.logits_processor_bases()):  # type: ignore[misc]
         self._staged.append((req_idx, (p, sampling_params)))
         return True
 
-    def apply_staged_writes(self) -> None:
+    def _take_staged(self) -> list[tuple[int, tuple[Any, Any]]]:
+        """Turn off the slots staged off; return (and clear) the staged admissions."""
         for slot in getattr(self, "_staged_off", ()):
             self.active[slot] = False
         self._staged_off = set()
         staged, self._staged = self._staged, []
+        return staged
+
+    def apply_staged_writes(self) -> None:
+        staged = self._take_staged()
         for slot, (p, sampling_params) in staged:
             n = int(self.req_states.prefill_len.np[slot])
             toks = self.req_states.all_token_ids.gpu[slot, :n]
@@ -344,10 +349,7 @@ class XtcLogitsProcessor(_SamplerProcessor):
         return super().add_request(req_idx, sampling_params)
 
     def apply_staged_writes(self) -> None:
-        for slot in getattr(self, "_staged_off", ()):
-            self.active[slot] = False
-        self._staged_off = set()
-        staged, self._staged = self._staged, []
+        staged = self._take_staged()
         for slot, (p, sampling_params) in staged:
             self._admit(slot, p, sampling_params, None)
             self.active[slot] = True
