@@ -82,6 +82,10 @@ def check_supported(vllm_config: Any) -> None:
               "Use tensor_parallel_size instead.")
     if getattr(pc, "data_parallel_size", 1) > 1:
         _fail(f"data_parallel_size={pc.data_parallel_size}", "Run one engine.")
+    if getattr(pc, "decode_context_parallel_size", 1) > 1:
+        # (the platform's slot mapping has no DCP split: refuse at start, not at the first step)
+        _fail(f"decode_context_parallel_size={pc.decode_context_parallel_size}",
+              "Leave decode_context_parallel_size at 1.")
     if getattr(vllm_config, "speculative_config", None) is not None:
         _fail("speculative decoding", "Drop speculative_config.")
 
