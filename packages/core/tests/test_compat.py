@@ -169,3 +169,23 @@ def test_register_env_vars():
 
 def test_running_version_is_in_supported_range():
     assert vllm_version() in SpecifierSet(SUPPORTED_VLLM)
+
+
+def test_logits_processors_skipped_under_speculative_decoding_on_v1():
+    """Canary: V1 still builds no plugin under speculative decoding (the
+    message below goes when it applies them; then drop the shim)."""
+    from types import SimpleNamespace
+
+    import vllm.v1.sample.logits_processor as lp
+
+    assert "speculative decoding" in lp.STR_SPEC_DEC_REJECTS_LOGITSPROCS
+    assert compat.logits_processors_skipped(SimpleNamespace(speculative_config=None)) is None
+    v1 = SimpleNamespace(speculative_config=object(), use_v2_model_runner=False)
+    assert "speculative decoding" in compat.logits_processors_skipped(v1)
+    v2 = SimpleNamespace(speculative_config=object(), use_v2_model_runner=True)
+    assert (compat.logits_processors_skipped(v2) is None) == version_in(">=0.31")
+
+
+def test_input_processor_class_validates_requests():
+    cls = compat.input_processor_class()
+    assert cls.__name__ == "InputProcessor" and callable(cls._validate_params)

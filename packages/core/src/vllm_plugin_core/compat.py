@@ -10,6 +10,9 @@ Shims (see vllm-api-drift.md, numbers refer to its list):
 
 * ``logits_processor_bases`` (1): V1 and, from 0.31, V2 model-runner bases.
 * ``is_v2_logits_init`` (1): tell which runner constructed a processor.
+* ``logits_processors_skipped`` / ``input_processor_class`` (1): V1 loads no
+  logits-processor plugin under speculative decoding; where requests are
+  validated in the front end.
 * ``make_lora_request`` (2): keyword-only ``LoRARequest``; drops
   ``tensorizer_config_dict`` where it no longer exists (0.32).
 * ``metric_buckets`` (3): ``build_buckets`` moved in 0.30.
@@ -35,9 +38,11 @@ from typing import Any
 from vllm_plugin_core.version import VllmNotInstalledError, require_vllm_installed, version_in
 
 __all__ = [
+    "input_processor_class",
     "io_processor_shapes_response_in_post_process",
     "is_v2_logits_init",
     "logits_processor_bases",
+    "logits_processors_skipped",
     "make_lora_request",
     "metric_buckets",
     "model_protocol",
@@ -102,6 +107,35 @@ def batch_update_types() -> tuple[Any, Any]:
     from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
     return BatchUpdate, MoveDirectionality
+
+
+def logits_processors_skipped(vllm_config: Any) -> str | None:
+    """Why this engine will run no logits-processor plugin, or None if it will.
+
+    Why: V1's ``build_logitsprocs`` loads no plugin when speculative decoding
+    is on (0.29 to 0.33), yet the front end still validates and accepts their
+    arguments; the V2 runner (0.31+) runs plugins with drafts. Can go: when
+    V1 applies plugins under speculative decoding (canary:
+    ``STR_SPEC_DEC_REJECTS_LOGITSPROCS`` disappears).
+    """
+    if getattr(vllm_config, "speculative_config", None) is None:
+        return None
+    if bool(getattr(vllm_config, "use_v2_model_runner", False)) and v2_logits_interface() is not None:
+        return None
+    return ("speculative decoding is enabled (--speculative-config) and vLLM's V1 model runner "
+            "then runs no logits-processor plugin")
+
+
+def input_processor_class() -> type:
+    """The front-end class whose ``_validate_params`` checks each request.
+
+    ``vllm.v1.engine.input_processor.InputProcessor`` in 0.29 to 0.33; kept
+    here so that a future move has one home.
+    """
+    require_vllm_installed("request validation")
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    return InputProcessor
 
 
 # --- 2. LoRARequest construction ---
