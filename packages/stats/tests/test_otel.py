@@ -19,7 +19,7 @@ from vllm_plugin_core.settings import SettingError
 from vllm_plugin_stats import otel
 from vllm_plugin_stats._otel_config import OtelConfigError, read_config
 from vllm_plugin_stats.otel import METRICS, OtelStatLogger
-from vllm_plugin_stats.testing.otlp_receiver import CUMULATIVE, DELTA, OtlpReceiver
+from vllm_plugin_stats.testing.otlp_receiver import CUMULATIVE, DELTA, OtlpGrpcReceiver, OtlpReceiver
 
 OUT = {"gen_ai.token.type": "output"}
 IN = {"gen_ai.token.type": "input"}
@@ -197,6 +197,27 @@ def test_grpc_exporter_where_installed(vllm_config, monkeypatch):
     lg = OtelStatLogger(vllm_config, 0)
     assert isinstance(otel._PIPELINE.exporter.inner, OTLPMetricExporter)
     lg.close()
+
+
+def test_grpc_export_reaches_a_real_grpc_receiver(vllm_config, monkeypatch):
+    """OTEL_EXPORTER_OTLP_METRICS_PROTOCOL=grpc against an OTLP/gRPC MetricsService on loopback."""
+    with OtlpGrpcReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", rx.metrics_url)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "cumulative")
+        monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "3600000")
+        lg = OtelStatLogger(vllm_config, 1)
+        assert lg.active
+        _feed(lg)
+        lg.close()
+        assert rx.requests, "close() exported over gRPC"
+        assert rx.total("vllm.generation_tokens")[0] == 12
+        assert rx.total("gen_ai.client.token.usage", **OUT) == (12, 2)
+        assert rx.total("gen_ai.server.time_to_first_token") == (pytest.approx(0.6), 2)
+        points = list(rx.points())
+        assert {p.metric for p in points} == set(METRICS)
+        assert {p.temporality for p in points if p.kind != "gauge"} == {CUMULATIVE}
+        assert all(p.attributes["vllm.engine.index"] == 1 for p in points)
 
 
 def test_grpc_missing_falls_back_to_http_with_one_line(vllm_config, monkeypatch, plugin_log, receiver):

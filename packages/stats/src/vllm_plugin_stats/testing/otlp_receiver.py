@@ -1,6 +1,7 @@
-"""A real OTLP/HTTP metrics receiver on loopback, for tests.
+"""Real OTLP metrics receivers on loopback, for tests: OTLP/HTTP
+(:class:`OtlpReceiver`) and OTLP/gRPC (:class:`OtlpGrpcReceiver`).
 
-It accepts ``POST /v1/metrics`` (protobuf, optionally gzip or deflate),
+The HTTP one accepts ``POST /v1/metrics`` (protobuf, optionally gzip or deflate),
 decodes each body with ``opentelemetry-proto`` into an
 ``ExportMetricsServiceRequest`` and keeps it. :meth:`OtlpReceiver.stop` and
 :meth:`OtlpReceiver.start` kill and bring it back on the same port, to play a
@@ -25,7 +26,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
-__all__ = ["OtlpReceiver", "Point"]
+__all__ = ["OtlpGrpcReceiver", "OtlpReceiver", "Point"]
 
 DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
@@ -195,3 +196,47 @@ class OtlpReceiver:
                 return True
             time.sleep(poll)
         return bool(predicate(self))
+
+
+class OtlpGrpcReceiver(OtlpReceiver):
+    """The same store, served as the OTLP/gRPC ``MetricsService`` (needs ``grpcio``).
+
+    ``rx.url`` is the ``http://host:port`` endpoint the gRPC exporter takes
+    (``http`` means no TLS).
+    """
+
+    def start(self) -> OtlpGrpcReceiver:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import grpc
+        from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as pb_grpc
+
+        receiver = self
+
+        class Servicer(pb_grpc.MetricsServiceServicer):
+            def Export(self, request: ExportMetricsServiceRequest, context: Any) -> ExportMetricsServiceResponse:
+                if receiver.delay_s:
+                    time.sleep(receiver.delay_s)
+                with receiver._lock:
+                    receiver.requests.append((time.time(), request))
+                return ExportMetricsServiceResponse()
+
+        server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        pb_grpc.add_MetricsServiceServicer_to_server(Servicer(), server)
+        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
+        server.start()
+        self._grpc = server
+        return self
+
+    def stop(self) -> None:
+        server = getattr(self, "_grpc", None)
+        if server is not None:
+            server.stop(grace=None)
+            self._grpc = None
+
+    def __enter__(self) -> OtlpGrpcReceiver:
+        return self.start()
+
+    @property
+    def metrics_url(self) -> str:
+        return self.url  # gRPC has no path
