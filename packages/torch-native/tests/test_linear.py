@@ -1,4 +1,4 @@
-"""The platform's prepacked GEMM against ``F.linear`` (no engine)."""
+"""The platform's GEMM (``mm`` over the transposed weight) against ``F.linear`` (no engine)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from vllm_plugin_torch_native.linear import pack_weight, packed_gemm_supported, packed_linear
-
-pytestmark = pytest.mark.skipif(not packed_gemm_supported(torch.float32),
-                                reason="this torch build has no oneDNN: the platform keeps F.linear")
 
 
 @pytest.mark.parametrize("shape", [(1, 64), (16, 64), (2, 3, 64)])
@@ -28,5 +25,9 @@ def test_no_tokens_gives_an_empty_result():
     assert packed_linear(torch.empty(0, 64), pack_weight(torch.randn(96, 64)), None).shape == (0, 96)
 
 
-def test_float16_is_not_packed():
+def test_weight_is_laid_out_in_out_and_only_platform_dtypes_are_swapped():
+    w = torch.randn(96, 64)
+    p = pack_weight(w)
+    assert p.shape == (64, 96) and p.is_contiguous() and p.data_ptr() != w.data_ptr()
+    assert packed_gemm_supported(torch.float32) and packed_gemm_supported(torch.bfloat16)
     assert not packed_gemm_supported(torch.float16)

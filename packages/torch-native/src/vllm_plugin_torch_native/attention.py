@@ -122,6 +122,9 @@ class TorchNativeMetadata:
     seq_lens_list: list[int] | None = None
     decode_reqs: torch.Tensor | None = None  # indices of one-token requests
     prefill_reqs: list[int] | None = None  # the others
+    # built by the first decoder layer of the step (see decode_plan)
+    decode_plan: tuple[Any, ...] | None = None
+    decode_mask: torch.Tensor | None = None
 
 
 class TorchNativeMetadataBuilder(AttentionMetadataBuilder[TorchNativeMetadata]):
@@ -184,12 +187,11 @@ def write_kv(kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     if not bool(valid.all()):
         slots, key, value = slots[valid], key[valid], value[valid]
     block_size = kv_cache.shape[2]
-    head_size = key.shape[-1]
     blocks = torch.div(slots, block_size, rounding_mode="floor")
     offsets = slots % block_size
-    # advanced indices around a slice: the indexed view is [T, H_kv, D]
-    kv_cache[blocks, :, offsets, :head_size] = key.to(kv_cache.dtype)
-    kv_cache[blocks, :, offsets, head_size:] = value.to(kv_cache.dtype)
+    # advanced indices around a slice: the indexed view is [T, H_kv, 2D]; one
+    # scatter writes keys and values together
+    kv_cache[blocks, :, offsets] = torch.cat([key, value], dim=-1).to(kv_cache.dtype)
 
 
 def gather_kv(kv_cache: torch.Tensor, block_ids: torch.Tensor, head_size: int
@@ -326,23 +328,39 @@ class TorchNativeAttentionImpl(AttentionImpl[TorchNativeMetadata]):
 
     def _decode(self, query: torch.Tensor, kv_cache: torch.Tensor, m: TorchNativeMetadata,
                 output: torch.Tensor) -> None:
-        reqs = m.decode_reqs
-        assert reqs is not None
-        qsl = m.query_start_loc_list
-        rows = torch.tensor([qsl[i] for i in reqs.tolist()], dtype=torch.long)
-        lens = m.seq_lens[:m.num_reqs].index_select(0, reqs).long()  # [B]
-        max_len = int(lens.max())
-        block_size = kv_cache.shape[2]
-        nb = (max_len + block_size - 1) // block_size
-        block_ids = m.block_table.index_select(0, reqs)[:, :nb].long()  # [B, nb]
+        rows, lens, block_ids, max_len = decode_plan(m, kv_cache.shape[2])
         k, v = gather_kv(kv_cache, block_ids, self.head_size)  # [B, H_kv, nb*N, D]
         k, v = k[:, :, :max_len], v[:, :, :max_len]
         q = query.index_select(0, rows).unsqueeze(2)  # [B, H, 1, D]
-        k_pos = torch.arange(max_len)
-        mask = k_pos[None, :] < lens[:, None]  # [B, S]
+        mask = m.decode_mask
         if self.sliding_window is not None:
-            mask &= (lens[:, None] - 1 - k_pos[None, :]) < self.sliding_window
+            k_pos = torch.arange(max_len)
+            mask = mask & ((lens[:, None] - 1 - k_pos[None, :]) < self.sliding_window)[:, None, None, :]
         out = F.scaled_dot_product_attention(
-            q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask[:, None, None, :], scale=self.scale,
+            q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=self.scale,
             enable_gqa=self.gqa)  # [B, H, 1, D]
         output.index_copy_(0, rows, out.squeeze(2).to(output.dtype))
+
+
+def decode_plan(m: TorchNativeMetadata, block_size: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """``(rows, lens, block_ids, max_len)`` of the step's decode requests.
+
+    The same for every layer of a KV-cache group: built at the first layer and
+    kept on the metadata (with the key-padding mask), so each layer runs only
+    the gather, the attention and the write-back.
+    """
+    plan = m.decode_plan
+    if plan is None or plan[4] != block_size:
+        reqs = m.decode_reqs
+        assert reqs is not None and m.query_start_loc_list is not None and m.seq_lens_list is not None
+        idx = reqs.tolist()
+        qsl, seq_lens = m.query_start_loc_list, m.seq_lens_list
+        rows = torch.tensor([qsl[i] for i in idx], dtype=torch.long)
+        max_len = max(seq_lens[i] for i in idx)
+        lens = m.seq_lens[:m.num_reqs].index_select(0, reqs).long()  # [B]
+        nb = (max_len + block_size - 1) // block_size
+        block_ids = m.block_table.index_select(0, reqs)[:, :nb].long()  # [B, nb]
+        m.decode_mask = (torch.arange(max_len)[None, :] < lens[:, None])[:, None, None, :]  # [B, 1, 1, S]
+        plan = m.decode_plan = (rows, lens, block_ids, max_len, block_size)
+    return plan[0], plan[1], plan[2], plan[3]

@@ -10,7 +10,7 @@ Own (this package):
 * custom ops (:mod:`.ops`): RMSNorm, fused add-RMSNorm, SiLU-and-mul, rotary
   embedding, dispatched through ``forward_oot`` because the platform is OOT;
 * the GEMM of unquantized linear layers and the LM head (:mod:`.linear`):
-  weights prepacked once after loading by the worker (:mod:`.worker`);
+  weights laid out once ([in, out], ``torch.mm``) after loading by the worker (:mod:`.worker`);
 * ``check_and_update_config``: refuses at engine start what is not supported
   (dtype other than float32/bfloat16, quantization, quantized KV cache,
   pipeline parallelism > 1, speculative decoding, MLA); LoRA runs on the
@@ -19,7 +19,7 @@ Own (this package):
 
 Reused from ``CpuPlatform`` (inherited, unchanged): the worker
 (``vllm.v1.worker.cpu_worker.CPUWorker``, subclassed by :mod:`.worker` to
-prepack linear weights and skip the sleep-mode allocator, and its
+lay out linear weights and skip the sleep-mode allocator, and its
 ``CPUModelRunner``: memory
 accounting, thread binding, KV-cache allocation, sampling), the device
 communicator, memory queries, block-size defaults and environment set-up

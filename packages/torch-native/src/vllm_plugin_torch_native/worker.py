@@ -48,7 +48,7 @@ class TorchNativeWorker(CPUWorker):
 
     def load_model(self, *args: Any, **kwargs: Any) -> None:
         super().load_model(*args, **kwargs)
-        # The platform's own GEMM (linear.py): prepack weights once, after loading.
+        # The platform's own GEMM (linear.py): weights laid out once ([in, out]), after loading.
         pack_linear_layers(self.model_runner.get_model())
 
     def _maybe_get_memory_pool_context(self, tag: str) -> AbstractContextManager:
