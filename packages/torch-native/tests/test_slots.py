@@ -37,12 +37,20 @@ def test_kernel_blocks_inside_kv_manager_blocks():
     assert got.tolist() == list(range(20))  # identity table: slot == position
 
 
-def test_block_table_method_replaced():
+def test_block_table_method_replaced_through_cores_patch_registry():
     from vllm.v1.worker.block_table import BlockTable
 
+    from vllm_plugin_core.patches import REGISTRY
+
     before = BlockTable.compute_slot_mapping
+    was_applied = slots.PATCH_NAME in REGISTRY.names() and REGISTRY.is_applied(slots.PATCH_NAME)
     try:
         assert "slots.compute_slot_mapping" in slots.install()
         assert BlockTable.compute_slot_mapping is slots.compute_slot_mapping
+        assert REGISTRY.is_applied(slots.PATCH_NAME)
+        slots.install()  # idempotent
+        assert REGISTRY.revert(slots.PATCH_NAME)
+        assert BlockTable.compute_slot_mapping is before
     finally:
-        BlockTable.compute_slot_mapping = before
+        if was_applied:
+            slots.install()

@@ -60,10 +60,30 @@ def compute_slot_mapping(self: Any, num_reqs: int, query_start_loc: torch.Tensor
     out[n:self.max_num_batched_tokens] = PAD_SLOT_ID
 
 
-def install() -> str:
-    """Route vLLM's ``BlockTable.compute_slot_mapping`` to :func:`compute_slot_mapping`."""
-    from vllm.v1.worker.block_table import BlockTable
+#: Name of the patch in core's registry (``vllm-plugins doctor`` lists it).
+PATCH_NAME = "torch-native-slot-mapping"
 
-    if BlockTable.compute_slot_mapping is not compute_slot_mapping:
-        BlockTable.compute_slot_mapping = compute_slot_mapping  # type: ignore[method-assign]
-    return "BlockTable.compute_slot_mapping -> torch_native slots.compute_slot_mapping"
+
+def _patch() -> Any:
+    from vllm_plugin_core.patches import REGISTRY, Patch
+
+    if PATCH_NAME in REGISTRY.names():
+        return REGISTRY.get(PATCH_NAME)
+    patch = Patch(
+        PATCH_NAME, "vllm.v1.worker.block_table:BlockTable",
+        why=("vLLM's slot mapping is a Triton kernel, or on the CPU platform the C++ op "
+             "torch.ops._C.compute_slot_mapping_kernel_impl that only vLLM's CPU build has; "
+             "this platform computes it in PyTorch. Can go: when vLLM ships a PyTorch fallback."),
+        replaces={"compute_slot_mapping": compute_slot_mapping},
+    )
+    return REGISTRY.register(patch, apply_if_selected=False)
+
+
+def install() -> str:
+    """Route vLLM's ``BlockTable.compute_slot_mapping`` to :func:`compute_slot_mapping`
+    through core's patch registry (reversible with ``REGISTRY.revert``)."""
+    from vllm_plugin_core.patches import REGISTRY
+
+    _patch()
+    REGISTRY.apply([PATCH_NAME])
+    return f"patch {PATCH_NAME}: BlockTable.compute_slot_mapping -> torch_native slots.compute_slot_mapping"
