@@ -23,6 +23,7 @@ SHIM_NEEDED_BEFORE = {
     "set_kv_cache_layout": "0.33",
     "model_protocol": "0.33",
     "supports_mamba_prefix_caching": "0.33",
+    "cpu_speculative_decoding_broken": "0.31",
 }
 
 
@@ -189,3 +190,9 @@ def test_logits_processors_skipped_under_speculative_decoding_on_v1():
 def test_input_processor_class_validates_requests():
     cls = compat.input_processor_class()
     assert cls.__name__ == "InputProcessor" and callable(cls._validate_params)
+
+
+def test_cpu_speculative_decoding_broken_only_on_0_30():
+    """The served check of it is tests/test_served_samplers_spec.py, which runs
+    wherever this is False (on a CPU build)."""
+    assert compat.cpu_speculative_decoding_broken() is version_in(">=0.30,<0.31")

