@@ -43,14 +43,19 @@ def test_block_table_method_replaced_through_cores_patch_registry():
     from vllm_plugin_core.patches import REGISTRY
 
     before = BlockTable.compute_slot_mapping
+    # an engine run earlier in this process (torch-native in the main process) may have applied it
     was_applied = slots.PATCH_NAME in REGISTRY.names() and REGISTRY.is_applied(slots.PATCH_NAME)
     try:
         assert "slots.compute_slot_mapping" in slots.install()
         assert BlockTable.compute_slot_mapping is slots.compute_slot_mapping
         assert REGISTRY.is_applied(slots.PATCH_NAME)
+        original = REGISTRY.get(slots.PATCH_NAME).original("compute_slot_mapping")
+        assert original is not slots.compute_slot_mapping
+        if not was_applied:
+            assert original is before
         slots.install()  # idempotent
         assert REGISTRY.revert(slots.PATCH_NAME)
-        assert BlockTable.compute_slot_mapping is before
+        assert BlockTable.compute_slot_mapping is original
     finally:
         if was_applied:
             slots.install()
