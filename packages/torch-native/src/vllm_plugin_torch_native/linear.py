@@ -12,9 +12,10 @@ weight out once as ``weight.T`` contiguous and swaps the layer's
 ``torch.addmm`` on it. Plain PyTorch, no private op: a hardware team replaces
 :func:`pack_weight` and :func:`packed_linear` with its own layout and kernel.
 
-(An earlier version prepacked with oneDNN's ``torch.ops.mkldnn`` ops; on one
+(An earlier version prepacked with oneDNN's ``torch.ops.mkldnn`` ops. On one
 thread, as vLLM serves on this machine, ``mm`` over the transposed weight is
-as fast from 16 rows up and 10 to 20% faster at one row, with the same memory.)
+10 to 30% faster at one row; from 16 rows up each wins some shapes, the
+prepacked GEMM by up to 1.37x (``benchmarks/bench_gemm.py``); same memory.)
 
 Only vLLM's plain ``UnquantizedLinearMethod`` layers and the
 ``UnquantizedEmbeddingMethod`` of ``ParallelLMHead`` are swapped. A linear
