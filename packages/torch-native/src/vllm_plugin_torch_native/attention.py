@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from vllm.v1.attention.backend import (
@@ -122,6 +123,7 @@ class TorchNativeMetadata:
     seq_lens_list: list[int] | None = None
     decode_reqs: torch.Tensor | None = None  # indices of one-token requests
     prefill_reqs: list[int] | None = None  # the others
+    decode_max_len: int = 0  # longest context among the decode requests
     # built by the first decoder layer of the step (see decode_plan)
     decode_plan: tuple[Any, ...] | None = None
     decode_mask: torch.Tensor | None = None
@@ -157,9 +159,10 @@ def metadata_from_common(cm: Any) -> TorchNativeMetadata:
         qsl_cpu = cm.query_start_loc
     qsl = qsl_cpu[: num_reqs + 1].tolist()
     seq_lens = cm.seq_lens[:num_reqs].cpu().tolist()
-    q_lens = [qsl[i + 1] - qsl[i] for i in range(num_reqs)]
-    decode = [i for i, n in enumerate(q_lens) if n == 1]
-    prefill = [i for i, n in enumerate(q_lens) if n > 1]
+    # vectorised over the requests (no Python loop over rows)
+    q_lens = np.diff(np.asarray(qsl, dtype=np.int64))
+    decode = np.flatnonzero(q_lens == 1)
+    prefill = np.flatnonzero(q_lens > 1).tolist()
     return TorchNativeMetadata(
         num_actual_tokens=cm.num_actual_tokens,
         num_reqs=num_reqs,
@@ -172,7 +175,8 @@ def metadata_from_common(cm: Any) -> TorchNativeMetadata:
         causal=causal,
         query_start_loc_list=qsl,
         seq_lens_list=seq_lens,
-        decode_reqs=torch.tensor(decode, dtype=torch.long) if decode else None,
+        decode_reqs=torch.from_numpy(decode) if decode.size else None,
+        decode_max_len=int(np.asarray(seq_lens, dtype=np.int64)[decode].max()) if decode.size else 0,
         prefill_reqs=prefill,
     )
 
@@ -353,11 +357,9 @@ def decode_plan(m: TorchNativeMetadata, block_size: int
     plan = m.decode_plan
     if plan is None or plan[4] != block_size:
         reqs = m.decode_reqs
-        assert reqs is not None and m.query_start_loc_list is not None and m.seq_lens_list is not None
-        idx = reqs.tolist()
-        qsl, seq_lens = m.query_start_loc_list, m.seq_lens_list
-        rows = torch.tensor([qsl[i] for i in idx], dtype=torch.long)
-        max_len = max(seq_lens[i] for i in idx)
+        assert reqs is not None
+        rows = m.query_start_loc[:m.num_reqs].index_select(0, reqs).long()  # [B] query row of each
+        max_len = m.decode_max_len
         lens = m.seq_lens[:m.num_reqs].index_select(0, reqs).long()  # [B]
         nb = (max_len + block_size - 1) // block_size
         block_ids = m.block_table.index_select(0, reqs)[:, :nb].long()  # [B, nb]
