@@ -2,7 +2,9 @@
 
 * Decode step (one new token per request, then ``apply``), every request of
   the batch using that sampler, beside one ``torch.softmax`` over the same
-  logits tensor (target: each sampler <= 2x the softmax).
+  logits tensor (target: each sampler <= 2x the softmax). A mixed batch (one
+  whole-context DRY request, the rest with ``dry_penalty_last_n`` 64) shows
+  the windowed rows' work staying bounded by their window.
 * No active request: ``apply`` with none of the batch using a sampler (< 10 us).
 * DRY admission of one request whose prompt is a single repeated token, beside
   the same request with a random prompt (targets: <= 50 ms at 32k, <= 2x).
@@ -73,8 +75,9 @@ def main() -> None:
     def processor(cls, extra, n=batch, use=prompts):
         p = cls(config, torch.device("cpu"), False)
         outs = [[] for _ in range(n)]
+        extras = extra if isinstance(extra, list) else [extra] * n
         p.update_state(BatchUpdate(batch_size=n, removed=[], moved=[], added=[
-            (i, SamplingParams(extra_args=extra, seed=i), use[i], outs[i]) for i in range(n)]))
+            (i, SamplingParams(extra_args=extras[i], seed=i), use[i], outs[i]) for i in range(n)]))
         return p, outs
 
     softmax = timed(lambda: torch.softmax(logits, -1), steps)
@@ -83,6 +86,10 @@ def main() -> None:
     samplers = [("no_repeat_ngram n=3", NoRepeatNgramLogitsProcessor, {"no_repeat_ngram_size": 3}),
                 ("dry (whole context)", DryLogitsProcessor, {"dry_multiplier": 0.8}),
                 ("dry last_n=1024", DryLogitsProcessor, {"dry_multiplier": 0.8, "dry_penalty_last_n": 1024}),
+                ("dry last_n=64", DryLogitsProcessor, {"dry_multiplier": 0.8, "dry_penalty_last_n": 64}),
+                # one whole-context request beside last_n rows: two passes, the last_n rows stay bounded
+                ("dry 1 whole + last_n=64", DryLogitsProcessor,
+                 [{"dry_multiplier": 0.8}] + [{"dry_multiplier": 0.8, "dry_penalty_last_n": 64}] * (batch - 1)),
                 ("xtc t=0.1 p=1", XtcLogitsProcessor, {"xtc_threshold": 0.1, "xtc_probability": 1.0})]
     memory = {}
     for name, cls, extra in samplers:

@@ -301,3 +301,149 @@ def test_v1_apply_has_no_device_sync(cls, digits_tokenizer):
                 o.append(t)
             proc.update_state(None)
             proc.apply(logits)
+
+
+def _dry_rows(extras, contexts):
+    """Expected DRY logits rows (reference brute force) for each request's context."""
+    from reference import dry_penalty
+
+    rows = torch.zeros(len(contexts), VOCAB)
+    for r, (extra, ctx_tokens) in enumerate(zip(extras, contexts, strict=True)):
+        for t, p in dry_penalty(ctx_tokens, 1.0, 1.75, 1, set(), extra.get("dry_penalty_last_n", 0)).items():
+            rows[r, t] -= p
+    return rows
+
+
+MIXED = [{"dry_multiplier": 1.0, "dry_allowed_length": 1},
+         {"dry_multiplier": 1.0, "dry_allowed_length": 1, "dry_penalty_last_n": 6},
+         {"dry_multiplier": 1.0, "dry_allowed_length": 1},
+         {"dry_multiplier": 1.0, "dry_allowed_length": 1, "dry_penalty_last_n": 3}]
+
+
+def test_v1_mixed_windows_match_the_reference(digits_tokenizer):
+    """Whole-context and dry_penalty_last_n rows in one batch (two passes over
+    different bank columns) each get exactly the reference penalties, step after step."""
+    import random
+
+    BatchUpdate, _ = compat.batch_update_types()
+    rng = random.Random(1)
+    prompts = [[rng.randrange(4) for _ in range(rng.randrange(20, 90))] for _ in MIXED]
+    outs = [[] for _ in MIXED]
+    proc = DryLogitsProcessor(Cfg, torch.device("cpu"), False)
+    proc.update_state(BatchUpdate(batch_size=4, removed=[], moved=[], added=[
+        (i, sp(**e), prompts[i], outs[i]) for i, e in enumerate(MIXED)]))
+    for _ in range(12):
+        got = proc.apply(torch.zeros(4, VOCAB))
+        want = _dry_rows(MIXED, [p + o for p, o in zip(prompts, outs, strict=True)])
+        assert torch.allclose(got, want), (got, want)
+        for o in outs:
+            o.append(rng.randrange(4))
+        proc.update_state(None)
+
+
+def _elements(fn) -> int:
+    """Elements every tensor op ``fn`` runs produces or writes (counted, not timed)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    total = [0]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            # An in-place op returns the whole tensor it wrote into: count what it wrote.
+            written = args[1:] if func._schema.is_mutable else (out if isinstance(out, tuple | list) else (out,))
+            for t in written:
+                for u in t if isinstance(t, tuple | list) else (t,):
+                    if isinstance(u, torch.Tensor):
+                        total[0] += u.numel()
+            return out
+
+    with Count():
+        fn()
+    return total[0]
+
+
+def test_v1_windowed_rows_stay_bounded_beside_a_whole_context_row(digits_tokenizer):
+    """Counted ops: 15 rows with dry_penalty_last_n 8 next to one whole-context
+    row of 4000 tokens cost about what they cost alone, not 15 x 4000 columns."""
+    BatchUpdate, _ = compat.batch_update_types()
+    whole = {"dry_multiplier": 1.0}
+    windowed = {"dry_multiplier": 1.0, "dry_penalty_last_n": 8}
+
+    def step_cost(extras):
+        n = len(extras)
+        outs = [[] for _ in range(n)]
+        proc = DryLogitsProcessor(Cfg, torch.device("cpu"), False)
+        proc.update_state(BatchUpdate(batch_size=n, removed=[], moved=[], added=[
+            (i, sp(**e), [i % VOCAB, 3] * 2000, outs[i]) for i, e in enumerate(extras)]))
+        logits = torch.zeros(n, VOCAB)
+
+        def step():
+            for o in outs:
+                o.append(5)
+            proc.update_state(None)
+            proc.apply(logits)
+        step()
+        return _elements(step)
+
+    alone = step_cost([whole]) + step_cost([windowed] * 15)
+    mixed = step_cost([whole] + [windowed] * 15)
+    assert mixed <= 1.25 * alone, (mixed, alone)
+
+
+@needs_v2
+def test_v2_mixed_windows_match_the_reference(digits_tokenizer):
+    """The V2 split (whole-context rows, then windowed rows, found on the device
+    by a stable sort) gives each row the reference penalties."""
+    import random
+
+    v2 = compat.v2_logits_interface()
+    rng = random.Random(2)
+    n = len(MIXED)
+    contexts = [[rng.randrange(4) for _ in range(rng.randrange(20, 60))] for _ in MIXED]
+    tokens = torch.zeros(n, 128, dtype=torch.long)
+    for s, c in enumerate(contexts):
+        tokens[s, :len(c)] = torch.tensor(c)
+    lens = [len(c) for c in contexts]
+    req_states = v2_state(v2, tokens, lens, lens)
+    proc = DryLogitsProcessor(Cfg, req_states)
+    for s, e in enumerate(MIXED):
+        proc.add_request(s, sp(**e))
+    proc.apply_staged_writes()
+    order = [2, 1, 3, 0]  # rows in an order unlike the slots
+    for _ in range(6):
+        last = [contexts[s][-1] for s in order]
+        ctx = v2_ctx(v2, order, [0] * n, last, [len(contexts[s]) - 1 for s in order],
+                     [len(contexts[s]) for s in order])
+        got = proc.apply(torch.zeros(n, VOCAB), ctx)
+        want = _dry_rows([MIXED[s] for s in order], [contexts[s] for s in order])
+        assert torch.allclose(got, want), (got, want)
+        for s in range(n):  # the sampled token joins the history
+            contexts[s].append(rng.randrange(4))
+            tokens[s, len(contexts[s]) - 1] = contexts[s][-1]
+        req_states.all_token_ids.gpu[:] = tokens
+
+
+@needs_v2
+def test_v2_windowed_rows_stay_bounded_beside_a_whole_context_row(digits_tokenizer):
+    """Counted ops, V2 interface: as on V1, the windowed rows' pass reads only their windows."""
+    v2 = compat.v2_logits_interface()
+    whole = {"dry_multiplier": 1.0}
+    windowed = {"dry_multiplier": 1.0, "dry_penalty_last_n": 8}
+
+    def step_cost(extras):
+        n = len(extras)
+        tokens = torch.tensor([[s % VOCAB, 3] * 2000 + [0] * 8 for s in range(n)])
+        req_states = v2_state(v2, tokens, [4000] * n, [4000] * n)
+        proc = DryLogitsProcessor(Cfg, req_states)
+        for s, e in enumerate(extras):
+            proc.add_request(s, sp(**e))
+        proc.apply_staged_writes()
+        ctx = v2_ctx(v2, list(range(n)), [0] * n, [3] * n, [3999] * n, [4000] * n)
+        logits = torch.zeros(n, VOCAB)
+        proc.apply(logits, ctx)
+        return _elements(lambda: proc.apply(logits, ctx))
+
+    alone = step_cost([whole]) + step_cost([windowed] * 15)
+    mixed = step_cost([whole] + [windowed] * 15)
+    assert mixed <= 1.25 * alone, (mixed, alone)

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from .breakers import BreakerSet
+from .breakers import MAX_TAIL, BreakerSet
 from .params import DryParams
 from .suffix import SuffixBank, admit, append
 
@@ -23,6 +23,9 @@ __all__ = ["DryBatch", "NgramBatch"]
 
 _FLOAT32_MAX_LOG = 88.7228391  # ln(float32 max), as in llama.cpp
 _NO_CAP = 2**30
+# Columns a row with a window always keeps up to date: its window, and at
+# least what the multi-token breaker check reads (the longest tail + 1).
+TAIL_COLS = MAX_TAIL + 2
 
 
 class _Batch:
@@ -39,14 +42,35 @@ class _Batch:
         w = int(self.window[slot])
         return (min(length, w) if w > 0 else length) + 1
 
+    def column_groups(self, slots: np.ndarray) -> list[tuple[np.ndarray | None, slice]]:
+        """Split the rows of a step (``slots``, host) by the bank columns they need.
+
+        A row with a window (``dry_penalty_last_n``) reads and updates only the
+        last ``max(window + 1, TAIL_COLS)`` columns; the others are never read
+        for it again (its window is fixed at admission), so a step's work stays
+        bounded by the windows even beside whole-context rows. Returns
+        ``(positions, columns)`` pairs: ``positions`` into ``slots`` (None: all
+        rows), whole-context rows first.
+        """
+        w = self.window[slots]
+        bounded = w > 0
+        if not bounded.any():
+            return [(None, slice(None))]
+        c = self.bank.width
+        narrow = slice(c - min(c, max(int(w[bounded].max()) + 1, TAIL_COLS)), None)
+        if bounded.all():
+            return [(None, narrow)]
+        return [(np.flatnonzero(~bounded), slice(None)), (np.flatnonzero(bounded), narrow)]
+
     def reset_mask(self, tok: torch.Tensor, rows_slot: torch.Tensor) -> torch.Tensor | None:
         return None
 
-    def append_rows(self, slots: torch.Tensor | slice, x: torch.Tensor) -> None:
-        """Append token ``x[k]`` to slot ``slots[k]`` (distinct slots, or a slice); one scatter."""
-        tok, match = self.append_gathered(self.bank.tok[slots], self.bank.match[slots], slots, x)
-        self.bank.tok[slots] = tok
-        self.bank.match[slots] = match
+    def append_rows(self, slots: torch.Tensor | slice, x: torch.Tensor, cols: slice = slice(None)) -> None:
+        """Append token ``x[k]`` to slot ``slots[k]`` (distinct slots, or a slice) in
+        columns ``cols``; one scatter."""
+        tok, match = self.append_gathered(self.bank.tok[slots, cols], self.bank.match[slots, cols], slots, x)
+        self.bank.tok[slots, cols] = tok
+        self.bank.match[slots, cols] = match
         self.bank.length[slots] += 1
 
     def append_gathered(self, tok: torch.Tensor, match: torch.Tensor, slots: torch.Tensor, x: torch.Tensor,
@@ -103,9 +127,9 @@ class NgramBatch(_Batch):
 
     def penalize(self, logits: torch.Tensor, rows: torch.Tensor | slice, slots: torch.Tensor | slice,
                  tok: torch.Tensor | None = None, match: torch.Tensor | None = None,
-                 active: torch.Tensor | None = None) -> None:
-        tok = self.bank.tok[slots] if tok is None else tok
-        match = self.bank.match[slots] if match is None else match
+                 active: torch.Tensor | None = None, cols: slice = slice(None)) -> None:
+        tok = self.bank.tok[slots, cols] if tok is None else tok
+        match = self.bank.match[slots, cols] if match is None else match
         nxt = tok[:, 1:]
         valid = (match[:, :-1] >= self.need_len[slots][:, None]) & (nxt >= 0)
         if active is not None:
@@ -223,9 +247,9 @@ class DryBatch(_Batch):
 
     def penalize(self, logits: torch.Tensor, rows: torch.Tensor | slice, slots: torch.Tensor | slice,
                  tok: torch.Tensor | None = None, match: torch.Tensor | None = None,
-                 active: torch.Tensor | None = None) -> None:
-        tok = self.bank.tok[slots] if tok is None else tok
-        match = self.bank.match[slots] if match is None else match
+                 active: torch.Tensor | None = None, cols: slice = slice(None)) -> None:
+        tok = self.bank.tok[slots, cols] if tok is None else tok
+        match = self.bank.match[slots, cols] if match is None else match
         c = tok.shape[1]
         win = self.last_n[slots]
         start = torch.where(win > 0, c - win, 0)

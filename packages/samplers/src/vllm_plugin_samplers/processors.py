@@ -224,20 +224,29 @@ class _SuffixProcessor(_SamplerProcessor):
         rows, new = self._v1_new_tokens()
         b = self.batch
         b.bank.ensure_width(max(b.need(r, int(self.rows[r][2])) for r in rows))
+        groups = b.column_groups(np.asarray(rows))
+        for pick, cols in groups:  # at most 2: whole-context rows, then windowed rows
+            if pick is None:
+                self._append_penalize_v1(logits, rows, new, cols)
+            else:
+                self._append_penalize_v1(logits, [rows[i] for i in pick], [new[i] for i in pick], cols)
+
+    def _append_penalize_v1(self, logits: torch.Tensor, rows: list[int], new: list[list[int]], cols: slice) -> None:
+        b = self.batch
         rounds = max(len(t) for t in new)
         dense = rows[-1] == len(rows) - 1  # rows 0..k-1: slices instead of gathers
         for j in range(rounds):  # 1 per decode step; more only after a multi-token append
             these = [(r, t[j]) for r, t in zip(rows, new, strict=True) if len(t) > j]
             x = torch.tensor([x for _, x in these], dtype=torch.long, device=self.device)
             if dense and len(these) == len(rows):
-                b.append_rows(slice(0, len(rows)), x)
+                b.append_rows(slice(0, len(rows)), x, cols)
             else:
-                b.append_rows(torch.tensor([r for r, _ in these], dtype=torch.long, device=self.device), x)
+                b.append_rows(torch.tensor([r for r, _ in these], dtype=torch.long, device=self.device), x, cols)
         if dense:
-            b.penalize(logits, slice(0, len(rows)), slice(0, len(rows)))
+            b.penalize(logits, slice(0, len(rows)), slice(0, len(rows)), cols=cols)
         else:
             idx = torch.tensor(rows, dtype=torch.long, device=self.device)
-            b.penalize(logits, idx, idx)
+            b.penalize(logits, idx, idx, cols=cols)
 
     def _apply_rows_v2(self, logits: torch.Tensor, ctx: Any) -> None:
         b = self.batch
@@ -245,15 +254,37 @@ class _SuffixProcessor(_SamplerProcessor):
         ub = int(ctx.seq_lens_upper_bound_np.max()) + self.num_spec + 1
         w = b.window[ctx.idx_mapping_np]
         b.bank.ensure_width(ub if (w <= 0).any() else min(ub, int(w.max()) + 1))
+        groups = b.column_groups(ctx.idx_mapping_np)
+        if len(groups) == 1:
+            self._v2_pass(logits, ctx, None, groups[0][1])
+        elif logits.shape[0] != len(ctx.idx_mapping_np):
+            # Draft rows this step: which rows are windowed is known on the device only.
+            self._v2_pass(logits, ctx, None, slice(None))
+        else:
+            # One row per request, in order. Windowed rows sort last; the host
+            # knows how many, so the split needs no sync and no copy.
+            windowed = (b.last_n[ctx.expanded_idx_mapping.long()] > 0).to(torch.int8)
+            order = torch.argsort(windowed, stable=True)
+            n_whole = len(groups[0][0])
+            self._v2_pass(logits, ctx, order[:n_whole], groups[0][1])
+            self._v2_pass(logits, ctx, order[n_whole:], groups[1][1])
+
+    def _v2_pass(self, logits: torch.Tensor, ctx: Any, rows: torch.Tensor | None, cols: slice) -> None:
+        """Commit, draft and penalise the logits rows ``rows`` (None: all) in bank columns ``cols``."""
+        b = self.batch
         slot = ctx.expanded_idx_mapping.long()
+        total = slot.numel()
         local = ctx.expanded_local_pos.long()
         pos = ctx.pos.long()
+        if rows is None:
+            row = torch.arange(total, device=slot.device)
+        else:
+            row, slot, local, pos = rows, slot[rows], local[rows], pos[rows]
         ids = ctx.input_ids.long()
         act = self.active[slot]
-        row = torch.arange(slot.numel(), device=slot.device)
         pos0 = pos - local  # position of each request's last committed token
         ids0 = ids[row - local]
-        tok, match = b.bank.tok[slot], b.bank.match[slot]
+        tok, match = b.bank.tok[slot, cols], b.bank.match[slot, cols]
         n = b.bank.length[slot]
         history = self.req_states.all_token_ids.gpu
         width = history.shape[1]
@@ -265,15 +296,15 @@ class _SuffixProcessor(_SamplerProcessor):
             tok, match = b.append_gathered(tok, match, slot, x, do)
         main = act & (local == 0)
         target = torch.where(main, slot, b.slots)
-        b.bank.tok[target] = tok
-        b.bank.match[target] = match
+        b.bank.tok[target, cols] = tok
+        b.bank.match[target, cols] = match
         b.bank.length[target] = torch.maximum(n, pos0 + 1)
         # Drafts: row with local position k also sees drafts 1..k, not committed.
         for k in range(1, self.num_spec + 1):
             do = act & (local >= k)
-            x = ids[(row - local + k).clamp(max=slot.numel() - 1)]
+            x = ids[(row - local + k).clamp(max=total - 1)]
             tok, match = b.append_gathered(tok, match, slot, x, do)
-        b.penalize(logits, slice(0, slot.numel()), slot, tok, match, act)
+        b.penalize(logits, slice(0, total) if rows is None else row, slot, tok, match, act)
 
 
 class NoRepeatNgramLogitsProcessor(_SuffixProcessor):
