@@ -46,7 +46,7 @@ def test_completions_no_repeat_ngram_matches_transformers(openai_client, hf):
     assert complete(openai_client, {"no_repeat_ngram_size": 1}) != plain
 
 
-def test_chat_completions_with_vllm_xargs(openai_client):
+def test_chat_completions_with_vllm_xargs(openai_client, shared_server):
     def chat(xargs=None):
         extra = {"return_tokens_as_token_ids": True, "ignore_eos": True}
         if xargs:
@@ -63,6 +63,8 @@ def test_chat_completions_with_vllm_xargs(openai_client):
     plain = chat()
     assert len(dry) == len(xtc) == len(plain) == 20
     assert xtc != plain
+    # The custom breaker set was resolved by the front end, not inside an engine step.
+    assert "resolved inside the engine step" not in shared_server.log_text()
 
 
 @pytest.mark.parametrize(("xargs", "field"), [

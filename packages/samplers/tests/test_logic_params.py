@@ -175,3 +175,12 @@ def test_params_are_frozen() -> None:
     p = NgramParams(2)
     with pytest.raises(AttributeError):
         p.size = 3  # type: ignore[misc]
+
+
+def test_breaker_count_is_bounded():
+    from vllm_plugin_samplers.params import MAX_DRY_SEQUENCE_BREAKERS
+
+    ok = [f"b{i}" for i in range(MAX_DRY_SEQUENCE_BREAKERS)]
+    assert len(parse_dry({"dry_multiplier": 1.0, "dry_sequence_breakers": ok}).sequence_breakers) == len(ok)
+    with pytest.raises(ValueError, match="at most 32 breakers, got 33"):
+        parse_dry({"dry_multiplier": 1.0, "dry_sequence_breakers": [*ok, "x"]})

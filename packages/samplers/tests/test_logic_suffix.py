@@ -184,3 +184,37 @@ def test_distinct_breaker_sets_have_bounded_tables():
     for k in range(300):
         resolver((f"{k}x",))
     assert len(resolver._cache) == Resolver.max_sets
+
+
+def test_wire_round_trip_gives_the_same_set():
+    """What the front end sends (to_wire) is what the engine rebuilds (from_wire)."""
+    from vllm_plugin_samplers.breakers import from_wire
+
+    resolver = Resolver(TEXTS, encode)
+    for breakers in (("Alice:",), ("Alice:", "\n", "x"), ()):
+        wire = resolver.wire(breakers)
+        assert resolver.wire(breakers) is wire  # cached per set
+        assert from_wire(wire, breakers, len(TEXTS), 100) == resolver(breakers)
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (lambda w: {**w, "breakers": ["other"]}, "not resolved for this request"),
+    (lambda w: "not a dict", "not resolved for this request"),
+    (lambda w: {**w, "single": [1, 99]}, r"integer token ids in \[0, 12\)"),
+    (lambda w: {**w, "single": [-1]}, r"integer token ids in \[0, 12\)"),
+    (lambda w: {**w, "single": [1.5]}, "integer token ids"),
+    (lambda w: {**w, "single": [[1, 2], [3, 4]]}, "integer token ids"),
+    (lambda w: {**w, "single": list(range(13))}, "at most 12 token ids"),
+    (lambda w: {**w, "tails": [[[1]] * 2] * 5}, "at most 4"),
+    (lambda w: {**w, "tails": [[[], [1]]]}, "1 to 20 token ids"),
+    (lambda w: {**w, "tails": [[[1] * 21, [1]]]}, "at most 12 token ids|1 to 20 token ids"),
+    (lambda w: {**w, "tails": [[1, 2, 3]]}, r"\[tail ids, head ids\] pair"),
+    (lambda w: {**w, "tails": None}, "tails must be a list"),
+])
+def test_wire_from_a_client_is_checked(change, problem):
+    """A client can write the key itself: every bound is checked, with the problem named."""
+    from vllm_plugin_samplers.breakers import from_wire
+
+    wire = Resolver(TEXTS, encode).wire(("Alice:",))
+    with pytest.raises(ValueError, match=problem):
+        from_wire(change(wire), ("Alice:",), len(TEXTS), 4)

@@ -447,3 +447,30 @@ def test_v2_windowed_rows_stay_bounded_beside_a_whole_context_row(digits_tokeniz
     alone = step_cost([whole]) + step_cost([windowed] * 15)
     mixed = step_cost([whole] + [windowed] * 15)
     assert mixed <= 1.25 * alone, (mixed, alone)
+
+
+def test_v1_custom_breakers_come_resolved_from_the_front_end(digits_tokenizer, caplog):
+    """The engine takes a custom set's table from extra_args (no resolution in
+    the step); without one, or with a bad one, it resolves itself and says so once."""
+    from vllm_plugin_samplers.breakers import WIRE_KEY
+
+    BatchUpdate, _ = compat.batch_update_types()
+    proc = DryLogitsProcessor(Cfg, torch.device("cpu"), False)
+    calls = []
+    real = proc.resolver
+    proc.resolver = lambda breakers: (calls.append(tuple(breakers)), real(breakers))[1]
+    dry = {"dry_multiplier": 1.0, "dry_allowed_length": 1, "dry_sequence_breakers": ["3"]}
+
+    def penalty_on_3(extra):
+        proc.update_state(BatchUpdate(batch_size=1, removed=[0], moved=[], added=[(0, sp(**extra), [1, 2, 3, 1, 2], [])]))
+        return float(proc.apply(torch.zeros(1, VOCAB))[0, 3])
+
+    # A table (valid, though not what "3" resolves to: 5 is the breaker) is used as sent.
+    assert penalty_on_3({**dry, WIRE_KEY: {"breakers": ["3"], "single": [5], "tails": []}}) == -1.75
+    assert calls == []
+    with caplog.at_level("WARNING", logger="vllm.plugins.samplers"):
+        assert penalty_on_3(dry) == 0.0  # resolved here: "3" is a breaker, never penalised
+        assert penalty_on_3({**dry, WIRE_KEY: {"breakers": ["3"], "single": [99], "tails": []}}) == 0.0
+    assert calls == [("3",), ("3",)]
+    warnings = [r.getMessage() for r in caplog.records if "resolved inside the engine step" in r.getMessage()]
+    assert len(warnings) == 1 and "sent no resolved table" in warnings[0], warnings

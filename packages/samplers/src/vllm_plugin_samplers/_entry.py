@@ -1,9 +1,9 @@
 """The ``vllm.general_plugins`` entry point ``samplers``.
 
 vLLM calls :func:`register` in every process it starts. Importing this module
-imports only core's guard; the body installs :mod:`.spec_guard`, which makes
+imports only core's guard; the body installs :mod:`.front_end`, which makes
 the front end refuse sampler arguments that speculative decoding on the V1
-runner would silently ignore.
+runner would silently ignore, and resolve custom DRY breakers there.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ PLUGIN = "vllm-plugin-samplers"
     vllm=SUPPORTED_VLLM,
 )
 def register() -> str:
-    from vllm_plugin_samplers.spec_guard import PATCH_NAME, install
+    from vllm_plugin_samplers.front_end import PATCH_NAME, install
 
     install()
-    return f"patch {PATCH_NAME} (sampler arguments refused where speculative decoding drops them)"
+    return f"patch {PATCH_NAME} (refuses sampler arguments speculative decoding drops; resolves DRY breakers)"

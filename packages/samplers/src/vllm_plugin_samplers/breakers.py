@@ -10,20 +10,28 @@ A breaker string ``s`` becomes, for every vocabulary token ``h``:
 llama.cpp's ``get_overlapping_token_sequences``. The vocabulary is decoded
 once (when the processor is built, outside any engine step) and every breaker
 set is resolved once, with vectorised string scans over that decoded array.
+
+Custom sets are resolved in the front end (:mod:`.front_end`), not in an
+engine step: the table travels to the engine in the request's ``extra_args``
+under :data:`WIRE_KEY` (:func:`to_wire`), and the engine checks its bounds
+(:func:`from_wire`), since a client could write that key itself.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_CHARS", "MAX_TAIL", "BreakerSet", "Resolver", "resolve_breakers"]
+__all__ = ["MAX_CHARS", "MAX_TAIL", "WIRE_KEY", "BreakerSet", "Resolver", "from_wire", "resolve_breakers",
+           "to_wire"]
 
 MAX_CHARS = 40  # as llama.cpp
 MAX_TAIL = 20  # as llama.cpp
+WIRE_KEY = "_vllm_plugin_samplers_dry_breakers"  # extra_args key of a front-end-resolved table
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,43 @@ def resolve_breakers(breakers: Sequence[str], texts: np.ndarray,
     return BreakerSet(single_ids, seqs)
 
 
+def to_wire(breakers: Sequence[str], bs: BreakerSet) -> dict[str, Any]:
+    """``bs`` as plain lists (what ``extra_args`` carries to the engine)."""
+    return {"breakers": list(breakers), "single": sorted(bs.single),
+            "tails": [[list(t), sorted(h)] for t, h in bs.tails]}
+
+
+def _ids(value: Any, bound: int, what: str) -> frozenset[int]:
+    if not isinstance(value, list | tuple) or len(value) > bound:
+        raise ValueError(f"{what} must be a list of at most {bound} token ids")
+    arr = np.asarray(value)
+    if arr.size and (arr.ndim != 1 or arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() >= bound):
+        raise ValueError(f"{what} must hold integer token ids in [0, {bound})")
+    return frozenset(arr.tolist())
+
+
+def from_wire(obj: Any, breakers: Sequence[str], vocab: int, max_tails: int) -> BreakerSet:
+    """Check a table from ``extra_args`` (resolved for ``breakers``, ids below
+    ``vocab``, at most ``max_tails`` tails of at most :data:`MAX_TAIL` tokens);
+    :class:`ValueError` names what is wrong. Work is linear in its size."""
+    if not isinstance(obj, Mapping) or obj.get("breakers") != list(breakers):
+        raise ValueError("the table was not resolved for this request's dry_sequence_breakers")
+    single = _ids(obj.get("single"), vocab, "single")
+    tails = obj.get("tails")
+    if not isinstance(tails, list | tuple) or len(tails) > max_tails:
+        raise ValueError(f"tails must be a list of at most {max_tails} [tail, heads] pairs")
+    seqs = []
+    for item in tails:
+        if not isinstance(item, list | tuple) or len(item) != 2:
+            raise ValueError("each tail must be a [tail ids, head ids] pair")
+        tail = item[0]
+        _ids(tail, vocab, "a tail")
+        if not 1 <= len(tail) <= MAX_TAIL:
+            raise ValueError(f"a tail must have 1 to {MAX_TAIL} token ids")
+        seqs.append((tuple(int(t) for t in tail), _ids(item[1], vocab, "heads")))
+    return BreakerSet(single, tuple(sorted(seqs)))
+
+
 class Resolver:
     """Decodes a tokenizer's vocabulary once; resolves breaker sets once each
     (the last ``max_sets`` distinct sets are kept)."""
@@ -73,6 +118,7 @@ class Resolver:
         self.texts = np.asarray(list(texts), dtype=str)
         self.encode = encode
         self._cache: dict[tuple[str, ...], BreakerSet] = {}
+        self._wire: dict[tuple[str, ...], dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -92,6 +138,19 @@ class Resolver:
             self._cache[key] = got  # most recent last; bounded
             while len(self._cache) > self.max_sets:
                 del self._cache[next(iter(self._cache))]
+        return got
+
+    def wire(self, breakers: Sequence[str]) -> dict[str, Any]:
+        """:func:`to_wire` of the resolved set (cached like the sets)."""
+        key = tuple(breakers)
+        with self._lock:
+            got = self._wire.pop(key, None)
+        if got is None:
+            got = to_wire(key, self(key))
+        with self._lock:
+            self._wire[key] = got
+            while len(self._wire) > self.max_sets:
+                del self._wire[next(iter(self._wire))]
         return got
 
 

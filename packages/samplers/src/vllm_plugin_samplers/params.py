@@ -18,6 +18,7 @@ from typing import Any
 __all__ = [
     "DEFAULT_DRY_SEQUENCE_BREAKERS",
     "DEFAULT_XTC_THRESHOLD",
+    "MAX_DRY_SEQUENCE_BREAKERS",
     "DryParams",
     "NgramParams",
     "XtcParams",
@@ -28,6 +29,7 @@ __all__ = [
 
 DEFAULT_DRY_SEQUENCE_BREAKERS: tuple[str, ...] = ("\n", ":", '"', "*")
 DEFAULT_XTC_THRESHOLD = 0.1
+MAX_DRY_SEQUENCE_BREAKERS = 32  # bounds the work of resolving a set
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ def _breakers_field(name: str, value: Any) -> tuple[str, ...]:
         isinstance(s, str) and s for s in value
     ):
         raise ValueError(f"{name} must be {form}, got {raw!r}")
+    if len(value) > MAX_DRY_SEQUENCE_BREAKERS:
+        raise ValueError(f"{name} may hold at most {MAX_DRY_SEQUENCE_BREAKERS} breakers, got {len(value)}")
     return tuple(value)
 
 

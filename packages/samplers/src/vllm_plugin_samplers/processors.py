@@ -28,7 +28,7 @@ import torch
 
 from vllm_plugin_core import compat
 from vllm_plugin_samplers import params as P
-from vllm_plugin_samplers.breakers import Resolver, load_resolver
+from vllm_plugin_samplers.breakers import MAX_CHARS, WIRE_KEY, BreakerSet, Resolver, from_wire, load_resolver
 from vllm_plugin_samplers.penalties import DryBatch, NgramBatch
 from vllm_plugin_samplers.xtc import coin, top_k_for, xtc_apply
 
@@ -337,6 +337,7 @@ class DryLogitsProcessor(_SuffixProcessor):
         self.resolver = make_resolver(self.vllm_config)
         self.vocab = max(self.vocab, len(self.resolver.texts))
         self.resolver(P.DEFAULT_DRY_SEQUENCE_BREAKERS)
+        self._warned_resolve = False
         self.batch = DryBatch(self.slots, self.device, self.vocab)
 
     def _slot_tensors(self) -> list[torch.Tensor]:
@@ -344,8 +345,29 @@ class DryLogitsProcessor(_SuffixProcessor):
         return [b.cap, b.mult, b.log_base, b.max_exp, b.allowed, b.last_n, b.set_idx, b.set_np]
 
     def _admit(self, slot: int, p: P.DryParams, sampling_params: Any, tokens: torch.Tensor) -> None:
-        self.batch.set_breakers(slot, self.resolver(p.sequence_breakers))
+        self.batch.set_breakers(slot, self._breakers(p, sampling_params))
         self.batch.add(slot, p, tokens)
+
+    def _breakers(self, p: P.DryParams, sampling_params: Any) -> BreakerSet:
+        """The request's breaker set: the default one resolved at start, or the
+        table the front end resolved (:mod:`.front_end`), checked here."""
+        if p.sequence_breakers == P.DEFAULT_DRY_SEQUENCE_BREAKERS:
+            return self.resolver(p.sequence_breakers)
+        extra = getattr(sampling_params, "extra_args", None) or {}
+        wire = extra.get(WIRE_KEY)
+        if wire is not None:
+            try:
+                return from_wire(wire, p.sequence_breakers, self.vocab,
+                                 P.MAX_DRY_SEQUENCE_BREAKERS * (MAX_CHARS - 1))
+            except ValueError as exc:
+                why = f"its {WIRE_KEY} table is invalid ({exc})"
+        else:
+            why = "the front end sent no resolved table (is `samplers` left out of VLLM_PLUGINS?)"
+        if not self._warned_resolve:
+            self._warned_resolve = True
+            logger.warning("vllm-plugin-samplers: a request's dry_sequence_breakers are resolved inside the "
+                           "engine step because %s; this stalls the step for tens of ms per new set", why)
+        return self.resolver(p.sequence_breakers)
 
 
 class XtcLogitsProcessor(_SamplerProcessor):

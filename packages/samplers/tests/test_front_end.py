@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from vllm_plugin_samplers.spec_guard import active_sampler_args, refusal
+from vllm_plugin_samplers.front_end import active_sampler_args, refusal
 
 SCRIPT = r"""
 import json, sys
@@ -77,3 +77,57 @@ def test_v1_refuses_sampler_arguments_only_under_speculative_decoding(tiny_causa
     assert msg.startswith("VLLMValidationError: no_repeat_ngram_size, dry_multiplier, xtc_probability "
                           "cannot take effect"), msg
     assert "speculative decoding" in msg and "Remove them" in msg
+
+
+BREAKERS_SCRIPT = r"""
+import json, sys
+from vllm.plugins import load_general_plugins
+load_general_plugins()
+from vllm import SamplingParams
+from vllm.engine.arg_utils import EngineArgs
+from vllm_plugin_core import compat
+from vllm_plugin_samplers.breakers import WIRE_KEY, load_resolver
+
+cfg = EngineArgs(model=sys.argv[1], max_model_len=256).create_engine_config()
+ip = compat.input_processor_class()(cfg)
+mc = cfg.model_config
+engine_side = load_resolver(str(mc.tokenizer), bool(mc.trust_remote_code), None)  # as the engine loads it
+custom = {"dry_multiplier": 0.8, "dry_sequence_breakers": ["the", "\n"]}
+want = engine_side.wire(("the", "\n"))
+out = {"tails": len(want["tails"]), "single": len(want["single"])}
+
+def validated(extra):
+    sp = SamplingParams(max_tokens=4, extra_args=extra)
+    try:
+        ip._validate_params(sp, ("generate",))
+    except Exception as e:  # noqa: BLE001 - the type is part of the result
+        return f"{type(e).__name__}: {e}"
+    return sp.extra_args
+
+got = validated(custom)
+out["custom"] = got[WIRE_KEY] == want and WIRE_KEY not in custom
+forged = {"breakers": ["the", "\n"], "single": [0], "tails": []}
+out["forged"] = validated({**custom, WIRE_KEY: forged})[WIRE_KEY] == want
+got = validated({"dry_multiplier": 0.8, WIRE_KEY: forged, "other": 1})
+out["default"] = sorted(got)
+out["too_many"] = validated({"dry_multiplier": 0.8, "dry_sequence_breakers": [str(i) for i in range(40)]})
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_custom_breakers_are_resolved_in_the_front_end(tiny_causal_lm):
+    """vLLM's own loader and InputProcessor: a custom breaker set leaves the
+    front end resolved (the same table the engine would build), a client's
+    own table is replaced, the default set carries none, and a set too large
+    to resolve cheaply is refused."""
+    from vllm_plugin_core.testing.platform import engine_env
+
+    proc = subprocess.run([sys.executable, "-c", BREAKERS_SCRIPT, str(tiny_causal_lm)],
+                          env={**os.environ, **engine_env()}, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    got = json.loads(lines[-1][len("RESULT"):])
+    assert got["single"] > 0 and got["tails"] > 0, got  # "the" spans tokens here: a real table
+    assert got["custom"] is True and got["forged"] is True, got
+    assert got["default"] == ["dry_multiplier", "other"], got
+    assert "at most 32 breakers" in got["too_many"], got
