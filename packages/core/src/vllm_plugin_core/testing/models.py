@@ -125,7 +125,7 @@ def build_causal_lm(
     num_kv_heads: int | None = None,
     intermediate_size: int = 256,
     vocab_size: int = 512,
-    max_position_embeddings: int = 512,
+    max_position_embeddings: int = 4096,
     seed: int = 0,
     init_std: float = 0.2,
 ) -> Path:
