@@ -474,3 +474,68 @@ def test_v1_custom_breakers_come_resolved_from_the_front_end(digits_tokenizer, c
     assert calls == [("3",), ("3",)]
     warnings = [r.getMessage() for r in caplog.records if "resolved inside the engine step" in r.getMessage()]
     assert len(warnings) == 1 and "sent no resolved table" in warnings[0], warnings
+
+
+@needs_v2
+def test_v2_mixed_windows_with_draft_rows(digits_tokenizer):
+    """Speculative steps split too: each draft row of a whole-context and of a
+    windowed request gets the reference penalties for committed + earlier drafts."""
+    v2 = compat.v2_logits_interface()
+
+    class Spec(Cfg):
+        class speculative_config:
+            num_speculative_tokens = 2
+
+    extras = [MIXED[0], MIXED[3]]  # whole context, last_n 3
+    # Longer than the windowed pass's 22 columns: a whole-context row put in
+    # that pass would lose its early repeats.
+    contexts = [[5, 6, 7, 1, 2] + [4] * 30 + [5, 6, 7, 1, 2], [2, 1, 2, 1, 3, 2, 1, 2] * 5]
+    tokens = torch.zeros(2, 64, dtype=torch.long)
+    for s, c in enumerate(contexts):
+        tokens[s, :len(c)] = torch.tensor(c)
+    req_states = v2_state(v2, tokens, [40, 40], [40, 40])
+    proc = DryLogitsProcessor(Spec, req_states)
+    for s, e in enumerate(extras):
+        proc.add_request(s, sp(**e))
+    proc.apply_staged_writes()
+    drafts = {0: [4, 4], 1: [1, 3]}  # "... 1 2" + 4 repeats the row's first six tokens
+    order = [1, 0]
+    rows = [s for s in order for _ in range(3)]
+    local = [j for _ in order for j in range(3)]
+    ids = [tok for s in order for tok in [contexts[s][-1], *drafts[s]]]
+    ctx = v2_ctx(v2, rows, local, ids, [39 + j for j in local], [43, 43])
+    got = proc.apply(torch.zeros(len(rows), VOCAB), ctx)
+    want = _dry_rows([extras[s] for s in rows], [contexts[s] + drafts[s][:j] for s, j in zip(rows, local, strict=True)])
+    assert torch.allclose(got, want), (got, want)
+
+
+@needs_v2
+@pytest.mark.parametrize("spec", [0, 2])
+def test_v2_mixed_windows_have_no_host_sync(spec, digits_tokenizer):
+    """The two-pass split (stable sort on the device) syncs nothing either."""
+    import dataclasses
+
+    v2 = compat.v2_logits_interface()
+
+    class C(Cfg):
+        class speculative_config:
+            num_speculative_tokens = spec
+
+    req_states = v2_state(v2, torch.randint(0, VOCAB, (4, 64)), [3, 5, 8, 2], [3, 5, 8, 2])
+    req_states = dataclasses.replace(req_states, device=torch.device("meta"))
+    _to_meta(req_states)
+    proc = DryLogitsProcessor(C, req_states)
+    for slot, extra in enumerate(MIXED):
+        proc.add_request(slot, sp(**extra))
+    proc.apply_staged_writes()
+    order = (2, 0, 1, 3)
+    rows = [s for s in order for _ in range(spec + 1)]
+    local = [j for _ in order for j in range(spec + 1)]
+    ctx = v2_ctx(v2, rows, local, [1] * len(rows), [10 + j for j in local], [12, 12, 12, 12])
+    ctx = dataclasses.replace(ctx, **{f.name: getattr(ctx, f.name).to("meta") for f in dataclasses.fields(ctx)
+                                      if isinstance(getattr(ctx, f.name), torch.Tensor)})
+    assert len(proc.batch.column_groups(ctx.idx_mapping_np)) == 2  # the split path runs
+    logits = torch.empty(len(rows), VOCAB, device="meta")
+    with _no_sync_mode():
+        for _ in range(3):
+            proc.apply(logits, ctx)

@@ -255,17 +255,20 @@ class _SuffixProcessor(_SamplerProcessor):
         w = b.window[ctx.idx_mapping_np]
         b.bank.ensure_width(ub if (w <= 0).any() else min(ub, int(w.max()) + 1))
         groups = b.column_groups(ctx.idx_mapping_np)
+        n_req = len(ctx.idx_mapping_np)
+        # Rows per request, where the host can tell: 1, or 1 + num_spec for all.
+        per = logits.shape[0] // n_req if logits.shape[0] in (n_req, n_req * (1 + self.num_spec)) else 0
         if len(groups) == 1:
             self._v2_pass(logits, ctx, None, groups[0][1])
-        elif logits.shape[0] != len(ctx.idx_mapping_np):
-            # Draft rows this step: which rows are windowed is known on the device only.
+        elif not per:
+            # Some requests have fewer drafts: which rows are windowed is known on the device only.
             self._v2_pass(logits, ctx, None, slice(None))
         else:
-            # One row per request, in order. Windowed rows sort last; the host
-            # knows how many, so the split needs no sync and no copy.
+            # Windowed rows sort last; the host knows how many, so the split
+            # needs no sync and no copy.
             windowed = (b.last_n[ctx.expanded_idx_mapping.long()] > 0).to(torch.int8)
             order = torch.argsort(windowed, stable=True)
-            n_whole = len(groups[0][0])
+            n_whole = len(groups[0][0]) * per
             self._v2_pass(logits, ctx, order[:n_whole], groups[0][1])
             self._v2_pass(logits, ctx, order[n_whole:], groups[1][1])
 
