@@ -218,3 +218,20 @@ def test_wire_from_a_client_is_checked(change, problem):
     wire = Resolver(TEXTS, encode).wire(("Alice:",))
     with pytest.raises(ValueError, match=problem):
         from_wire(change(wire), ("Alice:",), len(TEXTS), 4)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_vocab_index_equals_a_scan(seed):
+    """contains/ends_with by index give exactly what scans of every token give,
+    for any query length (up to and past the longest token) and non-ASCII text."""
+    from vllm_plugin_samplers.breakers import VocabIndex
+
+    rng = random.Random(seed)
+    alphabet = "ab:\n é中"
+    texts = np.asarray(["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))) for _ in range(400)],
+                       dtype=str)
+    index = VocabIndex(texts)
+    for _ in range(200):
+        q = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8)))
+        assert index.ends_with(q).tolist() == np.flatnonzero(np.char.endswith(texts, q)).tolist(), q
+        assert sorted(index.contains(q).tolist()) == np.flatnonzero(np.char.find(texts, q) >= 0).tolist(), q

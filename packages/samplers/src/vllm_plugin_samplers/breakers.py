@@ -9,7 +9,7 @@ A breaker string ``s`` becomes, for every vocabulary token ``h``:
 
 llama.cpp's ``get_overlapping_token_sequences``. The vocabulary is decoded
 once (when the processor is built, outside any engine step) and every breaker
-set is resolved once, with vectorised string scans over that decoded array.
+set is resolved once, over an index of that decoded array (:class:`VocabIndex`).
 
 Custom sets are resolved in the front end (:mod:`.front_end`), not in an
 engine step: the table travels to the engine in the request's ``extra_args``
@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_CHARS", "MAX_TAIL", "WIRE_KEY", "BreakerSet", "Resolver", "from_wire", "resolve_breakers",
-           "to_wire"]
+__all__ = ["MAX_CHARS", "MAX_TAIL", "WIRE_KEY", "BreakerSet", "Resolver", "VocabIndex", "from_wire",
+           "resolve_breakers", "to_wire"]
 
 MAX_CHARS = 40  # as llama.cpp
 MAX_TAIL = 20  # as llama.cpp
@@ -42,30 +42,74 @@ class BreakerSet:
     tails: tuple[tuple[tuple[int, ...], frozenset[int]], ...] = ()
 
 
+_find = getattr(np, "strings", np.char).find  # numpy 2's ufunc where present
+
+
+class VocabIndex:
+    """The decoded vocabulary, sorted twice once: by length (a substring of
+    ``m`` characters is searched only in tokens at least that long) and by
+    reversed text (tokens ending with a string are one binary search)."""
+
+    def __init__(self, texts: np.ndarray) -> None:
+        self.texts = texts
+        lengths = np.char.str_len(texts) if texts.size else np.zeros(0, dtype=np.int64)
+        self.by_len = np.argsort(lengths, kind="stable")
+        self.sorted_len = lengths[self.by_len]
+        self.texts_by_len = texts[self.by_len]
+        rev = np.asarray([t[::-1] for t in texts.tolist()], dtype=texts.dtype)
+        self.by_rev = np.argsort(rev, kind="stable")
+        self.rev = rev[self.by_rev]
+        self.width = texts.dtype.itemsize // 4  # the longest token text
+
+    def contains(self, s: str) -> np.ndarray:
+        """Ids whose text contains ``s``."""
+        start = int(np.searchsorted(self.sorted_len, len(s), side="left"))
+        hits = np.flatnonzero(_find(self.texts_by_len[start:], s) >= 0)
+        return self.by_len[start + hits]
+
+    def ends_with(self, s: str) -> np.ndarray:
+        """Ids whose text ends with ``s`` (sorted)."""
+        q = s[::-1]
+        if not q or len(q) > self.width:
+            return np.flatnonzero(np.char.endswith(self.texts, s)) if not q else np.zeros(0, dtype=np.int64)
+        key = np.asarray(q, dtype=self.rev.dtype)  # same dtype: no cast of the whole array
+        lo = int(np.searchsorted(self.rev, key, side="left"))
+        if len(q) < self.width:
+            hi = int(np.searchsorted(self.rev, np.asarray(q + "\U0010ffff", dtype=self.rev.dtype), side="left"))
+        else:
+            hi = int(np.searchsorted(self.rev, key, side="right"))
+        return np.sort(self.by_rev[lo:hi])
+
+
 def resolve_breakers(breakers: Sequence[str], texts: np.ndarray,
-                     encode: Callable[[str], list[int]] | None) -> BreakerSet:
+                     encode: Callable[[str], list[int]] | None,
+                     index: VocabIndex | None = None) -> BreakerSet:
     """Resolve breaker strings against ``texts`` (decoded text of every token id).
 
     ``encode`` tokenizes a tail (no special tokens); without it only
-    single-token breakers are found.
+    single-token breakers are found. ``index`` (a :class:`VocabIndex` of
+    ``texts``, built here if not given) makes the work one substring scan of
+    the tokens long enough per breaker, plus one binary search and one
+    ``encode`` per proper prefix.
     """
-    single = np.zeros(len(texts), dtype=bool)
+    index = index if index is not None else VocabIndex(texts)
+    single: set[int] = set()
     tails: dict[tuple[int, ...], set[int]] = {}
     for s in breakers:
         s = s[:MAX_CHARS]
         if not s:
             continue
-        single |= np.char.find(texts, s) >= 0
+        single.update(index.contains(s).tolist())
         if encode is None:
             continue
         for k in range(1, len(s)):
-            ends = np.char.endswith(texts, s[:k])
-            if not ends.any():
+            heads = index.ends_with(s[:k])
+            if not heads.size:
                 continue
             tail = tuple(encode(s[k:])[:MAX_TAIL])
             if tail:
-                tails.setdefault(tail, set()).update(np.flatnonzero(ends).tolist())
-    single_ids = frozenset(np.flatnonzero(single).tolist())
+                tails.setdefault(tail, set()).update(heads.tolist())
+    single_ids = frozenset(single)
     # A head that is a single-token breaker already breaks on its own.
     seqs = tuple(sorted((t, frozenset(h - single_ids)) for t, h in tails.items() if h - single_ids))
     return BreakerSet(single_ids, seqs)
@@ -117,6 +161,7 @@ class Resolver:
     def __init__(self, texts: Sequence[str], encode: Callable[[str], list[int]] | None = None) -> None:
         self.texts = np.asarray(list(texts), dtype=str)
         self.encode = encode
+        self.index = VocabIndex(self.texts)
         self._cache: dict[tuple[str, ...], BreakerSet] = {}
         self._wire: dict[tuple[str, ...], dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -134,7 +179,7 @@ class Resolver:
         with self._lock:
             got = self._cache.pop(key, None)
             if got is None:
-                got = resolve_breakers(key, self.texts, self.encode)
+                got = resolve_breakers(key, self.texts, self.encode, self.index)
             self._cache[key] = got  # most recent last; bounded
             while len(self._cache) > self.max_sets:
                 del self._cache[next(iter(self._cache))]
