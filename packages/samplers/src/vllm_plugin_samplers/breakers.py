@@ -19,6 +19,7 @@ under :data:`WIRE_KEY` (:func:`to_wire`), and the engine checks its bounds
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,23 +44,32 @@ class BreakerSet:
 
 
 _find = getattr(np, "strings", np.char).find  # numpy 2's ufunc where present
+_STRING_DTYPE = getattr(getattr(np, "dtypes", None), "StringDType", None)
+
+
+def string_array(texts: Sequence[str]) -> np.ndarray:
+    """Token texts as numpy's variable-width strings (numpy 2; about 16 B plus
+    the text per token), else fixed-width ``str`` (as wide as the longest)."""
+    return np.asarray(list(texts), dtype=_STRING_DTYPE() if _STRING_DTYPE is not None else str)
 
 
 class VocabIndex:
     """The decoded vocabulary, sorted twice once: by length (a substring of
     ``m`` characters is searched only in tokens at least that long) and by
-    reversed text (tokens ending with a string are one binary search)."""
+    reversed text, as a Python list (tokens ending with a string are one
+    ``bisect``). Host memory: about 60 B per token plus the texts."""
 
     def __init__(self, texts: np.ndarray) -> None:
         self.texts = texts
-        lengths = np.char.str_len(texts) if texts.size else np.zeros(0, dtype=np.int64)
+        plain = texts.tolist()
+        lengths = np.fromiter((len(t) for t in plain), dtype=np.int64, count=len(plain))
         self.by_len = np.argsort(lengths, kind="stable")
         self.sorted_len = lengths[self.by_len]
         self.texts_by_len = texts[self.by_len]
-        rev = np.asarray([t[::-1] for t in texts.tolist()], dtype=texts.dtype)
-        self.by_rev = np.argsort(rev, kind="stable")
-        self.rev = rev[self.by_rev]
-        self.width = texts.dtype.itemsize // 4  # the longest token text
+        rev = [t[::-1] for t in plain]
+        order = sorted(range(len(rev)), key=rev.__getitem__)
+        self.by_rev = np.asarray(order, dtype=np.int64)
+        self.rev = [rev[i] for i in order]
 
     def contains(self, s: str) -> np.ndarray:
         """Ids whose text contains ``s``."""
@@ -68,16 +78,10 @@ class VocabIndex:
         return self.by_len[start + hits]
 
     def ends_with(self, s: str) -> np.ndarray:
-        """Ids whose text ends with ``s`` (sorted)."""
+        """Ids whose text ends with ``s`` (sorted; tokens holding U+10FFFF aside)."""
         q = s[::-1]
-        if not q or len(q) > self.width:
-            return np.flatnonzero(np.char.endswith(self.texts, s)) if not q else np.zeros(0, dtype=np.int64)
-        key = np.asarray(q, dtype=self.rev.dtype)  # same dtype: no cast of the whole array
-        lo = int(np.searchsorted(self.rev, key, side="left"))
-        if len(q) < self.width:
-            hi = int(np.searchsorted(self.rev, np.asarray(q + "\U0010ffff", dtype=self.rev.dtype), side="left"))
-        else:
-            hi = int(np.searchsorted(self.rev, key, side="right"))
+        lo = bisect.bisect_left(self.rev, q)
+        hi = bisect.bisect_left(self.rev, q + "\U0010ffff", lo)
         return np.sort(self.by_rev[lo:hi])
 
 
@@ -159,7 +163,7 @@ class Resolver:
     max_sets = 256
 
     def __init__(self, texts: Sequence[str], encode: Callable[[str], list[int]] | None = None) -> None:
-        self.texts = np.asarray(list(texts), dtype=str)
+        self.texts = string_array(texts)
         self.encode = encode
         self.index = VocabIndex(self.texts)
         self._cache: dict[tuple[str, ...], BreakerSet] = {}
