@@ -210,6 +210,7 @@ def test_wire_round_trip_gives_the_same_set():
     (lambda w: {**w, "tails": [[[1] * 21, [1]]]}, "at most 12 token ids|1 to 20 token ids"),
     (lambda w: {**w, "tails": [[1, 2, 3]]}, r"\[tail ids, head ids\] pair"),
     (lambda w: {**w, "tails": None}, "tails must be a list"),
+    (lambda w: {**w, "tails": [[[1], list(range(12)) * 3]] * 4}, "at most 96 token ids in all, got 144"),
 ])
 def test_wire_from_a_client_is_checked(change, problem):
     """A client can write the key itself: every bound is checked, with the problem named."""

@@ -144,6 +144,10 @@ def from_wire(obj: Any, breakers: Sequence[str], vocab: int, max_tails: int) -> 
     tails = obj.get("tails")
     if not isinstance(tails, list | tuple) or len(tails) > max_tails:
         raise ValueError(f"tails must be a list of at most {max_tails} [tail, heads] pairs")
+    total = sum(len(t[1]) for t in tails if isinstance(t, list | tuple) and len(t) == 2
+                and isinstance(t[1], list | tuple))
+    if total > 8 * vocab:  # what the front end resolves is far smaller
+        raise ValueError(f"the tails' heads must hold at most {8 * vocab} token ids in all, got {total}")
     seqs = []
     for item in tails:
         if not isinstance(item, list | tuple) or len(item) != 2:
