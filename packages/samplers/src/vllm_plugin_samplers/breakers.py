@@ -60,7 +60,6 @@ class VocabIndex:
     ``bisect``). Host memory: about 60 B per token plus the texts."""
 
     def __init__(self, texts: np.ndarray) -> None:
-        self.texts = texts
         plain = texts.tolist()
         lengths = np.fromiter((len(t) for t in plain), dtype=np.int64, count=len(plain))
         self.by_len = np.argsort(lengths, kind="stable")

@@ -100,16 +100,12 @@ def attach_breakers(model_config: Any, params: Any) -> None:
     if not isinstance(extra, Mapping):
         return
     p = P.parse_dry(extra)
+    custom = p is not None and p.sequence_breakers != P.DEFAULT_DRY_SEQUENCE_BREAKERS
+    resolver = _resolver(model_config) if custom else None
+    if resolver is None and WIRE_KEY not in extra:
+        return  # the common case: nothing to add or remove, no copy
     rest = {k: v for k, v in extra.items() if k != WIRE_KEY}
-    if p is None or p.sequence_breakers == P.DEFAULT_DRY_SEQUENCE_BREAKERS:
-        if WIRE_KEY in extra:
-            params.extra_args = rest
-        return
-    resolver = _resolver(model_config)
-    if resolver is None:
-        params.extra_args = rest
-        return
-    params.extra_args = {**rest, WIRE_KEY: resolver.wire(p.sequence_breakers)}
+    params.extra_args = rest if resolver is None else {**rest, WIRE_KEY: resolver.wire(p.sequence_breakers)}
 
 
 def _make_patch() -> Patch:
