@@ -71,8 +71,12 @@ class VllmServer:
             self.args += ["--served-model-name", served_model_name]
         from vllm_plugin_core.testing.platform import engine_env
 
-        # torch-native where the vLLM build has no CPU kernels; ``env`` may override
-        self.env = {**os.environ, **engine_env(), **(env or {})}
+        # torch-native where the vLLM build has no CPU kernels; ``env`` may override.
+        # The server keeps idle connections longer than HTTP clients' pools do
+        # (httpx: 5 s), so the client always closes first: at vLLM's default of
+        # 5 s, a request sent just as the server drops the connection gets
+        # ECONNRESET (seen once in CI with max_retries=0).
+        self.env = {**os.environ, **engine_env(), "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "60", **(env or {})}
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="vllm-serve-", suffix=".log")[1])
