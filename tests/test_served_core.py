@@ -31,3 +31,29 @@ def test_declared_settings_raise_no_unknown_variable_warning(shared_server):
     unknown = {name for name in found if name.startswith("VLLM_PLUGIN")}
     assert UNDECLARED in unknown, "control: vLLM does warn for a variable nobody declares"
     assert unknown == {UNDECLARED}, f"declared plugin settings were reported: {unknown - {UNDECLARED}}"
+
+
+def test_server_keeps_idle_connections_longer_than_the_client_pool(shared_server):
+    """The shared server holds an idle keep-alive connection past the openai
+    client's pool expiry, so the client, never the server, closes it. Where
+    both are 5 s, a request sent at that moment gets ECONNRESET."""
+    import http.client
+    import time
+
+    import openai._constants
+
+    expiry = openai._constants.DEFAULT_CONNECTION_LIMITS.keepalive_expiry
+    conn = http.client.HTTPConnection(shared_server.host, shared_server.port, timeout=30)
+    try:
+        conn.request("GET", "/health")
+        first = conn.getresponse()
+        first.read()
+        assert first.status == 200
+        sock = conn.sock
+        time.sleep(expiry + 1.0)
+        conn.request("GET", "/health")  # the same socket: no reconnect
+        second = conn.getresponse()
+        second.read()
+        assert second.status == 200 and conn.sock is sock
+    finally:
+        conn.close()
