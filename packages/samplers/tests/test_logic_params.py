@@ -36,9 +36,9 @@ def test_ngram_valid() -> None:
     assert parse_ngram({"no_repeat_ngram_size": None}) is None
 
 
-@pytest.mark.parametrize("bad", [0, -1, True, False, 2.0, 2.5, "3", [3]])
+@pytest.mark.parametrize("bad", [0, -1, True, False, 2.0, 2.5, "3", [3], 2**24 + 1, 2**31, 2**63])
 def test_ngram_invalid(bad) -> None:
-    with pytest.raises(ValueError, match=r"no_repeat_ngram_size must be an integer >= 1, got"):
+    with pytest.raises(ValueError, match=r"no_repeat_ngram_size must be an integer in \[1, 16777216\], got"):
         parse_ngram({"no_repeat_ngram_size": bad})
 
 
@@ -93,16 +93,20 @@ def test_dry_fields_validated_even_when_off() -> None:
         ("dry_multiplier", "1", "dry_multiplier must be a number >= 0, got '1'"),
         ("dry_multiplier", True, "dry_multiplier must be a number >= 0, got True"),
         ("dry_multiplier", float("nan"), "dry_multiplier must be a number >= 0, got nan"),
-        ("dry_base", 0.5, "dry_base must be a number > 1, got 0.5"),
-        ("dry_base", 1, "dry_base must be a number > 1, got 1"),
-        ("dry_base", float("inf"), "dry_base must be a number > 1, got inf"),
-        ("dry_base", "2", "dry_base must be a number > 1, got '2'"),
-        ("dry_allowed_length", 0, "dry_allowed_length must be an integer >= 1, got 0"),
-        ("dry_allowed_length", 2.5, "dry_allowed_length must be an integer >= 1, got 2.5"),
-        ("dry_allowed_length", 2.0, "dry_allowed_length must be an integer >= 1, got 2.0"),
-        ("dry_allowed_length", True, "dry_allowed_length must be an integer >= 1, got True"),
-        ("dry_penalty_last_n", -2, "dry_penalty_last_n must be an integer >= -1, got -2"),
-        ("dry_penalty_last_n", "64", "dry_penalty_last_n must be an integer >= -1, got '64'"),
+        ("dry_base", 0.5, "dry_base must be a number >= 1, got 0.5"),
+        ("dry_base", 0.999, "dry_base must be a number >= 1, got 0.999"),
+        ("dry_base", float("inf"), "dry_base must be a number >= 1, got inf"),
+        ("dry_base", "2", "dry_base must be a number >= 1, got '2'"),
+        ("dry_allowed_length", 2**24 + 1, "dry_allowed_length must be an integer in [1, 16777216], got 16777217"),
+        ("dry_allowed_length", 2**31, "dry_allowed_length must be an integer in [1, 16777216], got 2147483648"),
+        ("dry_penalty_last_n", 2**31, "dry_penalty_last_n must be an integer in [-1, 16777216], got 2147483648"),
+        ("dry_penalty_last_n", 10**30, "dry_penalty_last_n must be an integer in [-1, 16777216], got 1"),
+        ("dry_allowed_length", 0, "dry_allowed_length must be an integer in [1, 16777216], got 0"),
+        ("dry_allowed_length", 2.5, "dry_allowed_length must be an integer in [1, 16777216], got 2.5"),
+        ("dry_allowed_length", 2.0, "dry_allowed_length must be an integer in [1, 16777216], got 2.0"),
+        ("dry_allowed_length", True, "dry_allowed_length must be an integer in [1, 16777216], got True"),
+        ("dry_penalty_last_n", -2, "dry_penalty_last_n must be an integer in [-1, 16777216], got -2"),
+        ("dry_penalty_last_n", "64", "dry_penalty_last_n must be an integer in [-1, 16777216], got '64'"),
         ("dry_sequence_breakers", "\n", "dry_sequence_breakers must be a list of non-empty"),
         ("dry_sequence_breakers", "x, y", "dry_sequence_breakers must be a list of non-empty"),
         ("dry_sequence_breakers", '"x", ""', "dry_sequence_breakers must be a list of non-empty"),
@@ -125,6 +129,8 @@ def test_dry_valid_edges() -> None:
     assert parse_dry({"dry_multiplier": 0.8, "dry_penalty_last_n": 512}).penalty_last_n == 512
     assert parse_dry({"dry_multiplier": 0.8, "dry_allowed_length": 1}).allowed_length == 1
     assert parse_dry({"dry_multiplier": 0.8, "dry_base": 1.0001}).base == 1.0001
+    assert parse_dry({"dry_multiplier": 0.8, "dry_base": 1}).base == 1.0  # a flat penalty, as llama.cpp
+    assert parse_dry({"dry_multiplier": 0.8, "dry_penalty_last_n": 2**24}).penalty_last_n == 2**24
 
 
 # ---- xtc ---------------------------------------------------------------------
@@ -132,6 +138,9 @@ def test_dry_valid_edges() -> None:
 def test_xtc_valid() -> None:
     assert parse_xtc({"xtc_threshold": 0.1, "xtc_probability": 0.5}) == XtcParams(0.1, 0.5)
     assert parse_xtc({"xtc_threshold": 0.5, "xtc_probability": 1}) == XtcParams(0.5, 1.0)
+    # Above 0.5 at most one token reaches the threshold: accepted, as llama.cpp and webui, and a no-op.
+    assert parse_xtc({"xtc_threshold": 0.9, "xtc_probability": 1}) == XtcParams(0.9, 1.0)
+    assert parse_xtc({"xtc_threshold": 0.001, "xtc_probability": 1}) == XtcParams(0.001, 1.0)
     assert parse_xtc({"xtc_threshold": 0.1, "xtc_probability": 0}) is None
     assert parse_xtc({"xtc_probability": 0.0}) is None
     assert parse_xtc({"xtc_threshold": None, "xtc_probability": None}) is None
@@ -153,11 +162,12 @@ def test_dry_breakers_webui_comma_separated() -> None:
 @pytest.mark.parametrize(
     ("field", "bad", "message"),
     [
-        ("xtc_threshold", 0, r"xtc_threshold must be a number in (0, 0.5], got 0"),
-        ("xtc_threshold", 0.6, r"xtc_threshold must be a number in (0, 0.5], got 0.6"),
-        ("xtc_threshold", -0.1, r"xtc_threshold must be a number in (0, 0.5], got -0.1"),
-        ("xtc_threshold", "0.1", r"xtc_threshold must be a number in (0, 0.5], got '0.1'"),
-        ("xtc_threshold", True, r"xtc_threshold must be a number in (0, 0.5], got True"),
+        ("xtc_threshold", 0, r"xtc_threshold must be a number in [0.001, 1], got 0"),
+        ("xtc_threshold", 1.5, r"xtc_threshold must be a number in [0.001, 1], got 1.5"),
+        ("xtc_threshold", 1e-300, r"xtc_threshold must be a number in [0.001, 1], got 1e-300"),
+        ("xtc_threshold", -0.1, r"xtc_threshold must be a number in [0.001, 1], got -0.1"),
+        ("xtc_threshold", "0.1", r"xtc_threshold must be a number in [0.001, 1], got '0.1'"),
+        ("xtc_threshold", True, r"xtc_threshold must be a number in [0.001, 1], got True"),
         ("xtc_probability", 1.5, r"xtc_probability must be a number in [0, 1], got 1.5"),
         ("xtc_probability", -0.5, r"xtc_probability must be a number in [0, 1], got -0.5"),
         ("xtc_probability", "1", r"xtc_probability must be a number in [0, 1], got '1'"),

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from vllm_plugin_core import compat
-from vllm_plugin_samplers.breakers import Resolver
 from vllm_plugin_samplers.processors import (
     DryLogitsProcessor,
     NoRepeatNgramLogitsProcessor,
@@ -134,13 +133,6 @@ class Cfg:
         @staticmethod
         def get_vocab_size():
             return VOCAB
-
-
-@pytest.fixture
-def digits_tokenizer(monkeypatch):
-    """Token i's text is str(i) (no breaker among them)."""
-    monkeypatch.setattr("vllm_plugin_samplers.processors.make_resolver",
-                        lambda cfg: Resolver([str(i) for i in range(VOCAB)]))
 
 
 ARGS = {NoRepeatNgramLogitsProcessor: {"no_repeat_ngram_size": 2},

@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["PluginRegistrationError", "plugin_entry_point", "reset_for_tests"]
+__all__ = ["PluginRegistrationError", "is_strict", "plugin_entry_point", "reset_for_tests"]
 
 logger = logging.getLogger("vllm.plugins.core")
 
@@ -46,6 +46,13 @@ def _strict() -> bool:
         return bool(SETTINGS.get("STRICT"))
     except ValueError:
         return True  # a malformed strict flag should not silently relax
+
+
+def is_strict() -> bool:
+    """Whether ``VLLM_PLUGIN_STRICT=1`` asks a plugin's failures to propagate and
+    stop vLLM (a malformed value counts as on). Plugins that contain their own
+    failures inside the engine consult it before swallowing one."""
+    return _strict()
 
 
 def plugin_entry_point(

@@ -19,6 +19,8 @@ __all__ = [
     "DEFAULT_DRY_SEQUENCE_BREAKERS",
     "DEFAULT_XTC_THRESHOLD",
     "MAX_DRY_SEQUENCE_BREAKERS",
+    "MAX_LENGTH_ARG",
+    "MIN_XTC_THRESHOLD",
     "DryParams",
     "NgramParams",
     "XtcParams",
@@ -30,6 +32,13 @@ __all__ = [
 DEFAULT_DRY_SEQUENCE_BREAKERS: tuple[str, ...] = ("\n", ":", '"', "*")
 DEFAULT_XTC_THRESHOLD = 0.1
 MAX_DRY_SEQUENCE_BREAKERS = 32  # bounds the work of resolving a set
+#: Upper bound of every length argument (``no_repeat_ngram_size``,
+#: ``dry_allowed_length``, ``dry_penalty_last_n``): longer than any context a
+#: model serves, and far inside the int32 the engine keeps them in.
+MAX_LENGTH_ARG = 1 << 24
+#: Smallest ``xtc_threshold``: at most ``1 / threshold`` tokens can reach it, so
+#: this bounds the ``top-k`` each XTC step takes to 1001.
+MIN_XTC_THRESHOLD = 0.001
 
 
 @dataclass(frozen=True)
@@ -91,9 +100,9 @@ def _is_number(value: Any) -> bool:
     )
 
 
-def _int_field(name: str, value: Any, minimum: int) -> int:
-    if not _is_int(value) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def _int_field(name: str, value: Any, minimum: int, maximum: int = MAX_LENGTH_ARG) -> int:
+    if not _is_int(value) or not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be an integer in [{minimum}, {maximum}], got {value!r}")
     return int(value)
 
 
@@ -143,8 +152,8 @@ def parse_dry(extra_args: Mapping[str, Any] | None) -> DryParams | None:
 
     base = _get(args, "dry_base")
     if base is not _MISSING:
-        if not _is_number(base) or base <= 1:
-            raise ValueError(f"dry_base must be a number > 1, got {base!r}")
+        if not _is_number(base) or base < 1:
+            raise ValueError(f"dry_base must be a number >= 1, got {base!r}")
         kwargs["base"] = float(base)
 
     allowed_length = _get(args, "dry_allowed_length")
@@ -176,10 +185,10 @@ def parse_xtc(extra_args: Mapping[str, Any] | None) -> XtcParams | None:
     probability = _get(args, "xtc_probability")
 
     if threshold is not _MISSING and (
-        not _is_number(threshold) or not 0 < threshold <= 0.5
+        not _is_number(threshold) or not MIN_XTC_THRESHOLD <= threshold <= 1
     ):
         raise ValueError(
-            f"xtc_threshold must be a number in (0, 0.5], got {threshold!r}"
+            f"xtc_threshold must be a number in [{MIN_XTC_THRESHOLD}, 1], got {threshold!r}"
         )
     if probability is not _MISSING and (
         not _is_number(probability) or not 0 <= probability <= 1

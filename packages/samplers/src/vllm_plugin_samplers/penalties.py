@@ -97,19 +97,44 @@ class _Batch:
     def _scatter_min(logits: torch.Tensor, rows: torch.Tensor | slice, nxt: torch.Tensor, valid: torch.Tensor,
                      minus: torch.Tensor | float) -> None:
         """``logits[row, nxt] -= minus`` where valid, the largest ``minus`` per token:
-        one gather and one ``scatter_reduce(amin)`` (``rows`` a slice: 2-D, in place)."""
-        vocab = logits.shape[1]
-        inf = torch.tensor(float("inf"), dtype=logits.dtype, device=logits.device)
+        one gather and one ``scatter_reduce(amin)``, in place on ``logits`` of any
+        strides (vLLM hands processors a column slice of a padded vocabulary).
+        ``rows`` a slice: 2-D on a view; a tensor of row indices: 1-D on a flat
+        view of the rows' storage (or, for overlapping strides, on a copy)."""
+        index = nxt.long().clamp(0, logits.shape[1] - 1)
         if isinstance(rows, slice):
-            target, index = logits[rows], nxt.long().clamp_(0, vocab - 1)
-        else:
-            target = logits.view(-1)
-            index = (rows[:, None] * vocab + nxt.long().clamp(0, vocab - 1)).reshape(-1)
-            valid = valid.reshape(-1)
-            minus = minus.reshape(-1) if isinstance(minus, torch.Tensor) else minus
-        gathered = target.gather(-1, index)
-        vals = torch.where(valid, gathered - minus, inf)
-        target.scatter_reduce_(-1, index, vals, reduce="amin", include_self=True)
+            _scatter_min_2d(logits[rows], index, valid, minus)
+            return
+        flat = flat_view(logits)
+        if flat is None:
+            sub = logits[rows]
+            _scatter_min_2d(sub, index, valid, minus)
+            logits[rows] = sub
+            return
+        target, (s0, s1) = flat
+        index = (rows[:, None] * s0 + index * s1).reshape(-1)
+        minus = minus.reshape(-1) if isinstance(minus, torch.Tensor) else minus
+        _scatter_min_2d(target, index, valid.reshape(-1), minus)
+
+
+def flat_view(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]] | None:
+    """A 1-D view over the storage a 2-D ``t`` spans, and ``t``'s strides, so that
+    ``t[i, j]`` is ``view[i * s0 + j * s1]``; None when rows or columns overlap
+    (a stride of 0, or strides that interleave), where writes would be ambiguous."""
+    (n, m), (s0, s1) = t.shape, t.stride()
+    if n == 0 or m == 0:
+        return t.new_empty(0), (0, 0)
+    if not ((s1 >= 1 and (n == 1 or s0 >= m * s1)) or (s0 >= 1 and (m == 1 or s1 >= n * s0))):
+        return None
+    span = (n - 1) * s0 + (m - 1) * s1 + 1
+    return t.as_strided((span,), (1,), t.storage_offset()), (s0, s1)
+
+
+def _scatter_min_2d(target: torch.Tensor, index: torch.Tensor, valid: torch.Tensor,
+                    minus: torch.Tensor | float) -> None:
+    """``target[..., index] = min(target[..., index], target[..., index] - minus)`` where valid."""
+    vals = (target.gather(-1, index) - minus).masked_fill_(~valid, float("inf"))
+    target.scatter_reduce_(-1, index, vals, reduce="amin", include_self=True)
 
 
 class NgramBatch(_Batch):
@@ -241,7 +266,7 @@ class DryBatch(_Batch):
         if self.tails:
             ends |= self._tail_ends(row, sidx)
         pos = torch.arange(keep.numel(), device=self.device)
-        last = torch.where(ends[0], pos, -1).max() if keep.numel() else torch.tensor(-1, device=self.device)
+        last = torch.where(ends[0], pos, -1).max() if keep.numel() else torch.full((), -1, dtype=torch.long, device=self.device)
         limit = torch.clamp(keep.numel() - 1 - last, max=min(cap, _NO_CAP))
         self.bank.write(slot, keep, admit(keep, limit, min(cap, keep.numel())), n)
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from vllm_plugin_core import compat
+from vllm_plugin_core.guard import is_strict
 from vllm_plugin_samplers import params as P
 from vllm_plugin_samplers.breakers import MAX_CHARS, WIRE_KEY, BreakerSet, Resolver, from_wire, load_resolver
 from vllm_plugin_samplers.penalties import DryBatch, NgramBatch
@@ -82,6 +83,30 @@ class _SamplerProcessor(*compat.logits_processor_bases()):  # type: ignore[misc]
         # V1: row -> (prompt length, live output ids, tokens seen); V2: slots to admit.
         self.rows: dict[int, tuple[Any, Any, int]] = {}
         self._staged: list[tuple[int, Any]] = []
+        #: Failures contained inside the engine, by where they happened.
+        self.failures: dict[str, int] = {}
+
+    # ---- containment: a failure here never reaches the engine (outside strict mode) ----
+    def _contain(self, where: str, exc: Exception, slots: Any) -> None:
+        """Count and log (once per place) a failure inside the engine; re-raise
+        it under ``VLLM_PLUGIN_STRICT=1``. The caller turns the sampler off for
+        the requests concerned, which go on without it."""
+        if is_strict():
+            raise exc
+        self.failures[where] = self.failures.get(where, 0) + 1
+        if self.failures[where] == 1:
+            slots = [int(s) for s in np.asarray(slots, dtype=np.int64).reshape(-1)]
+            logger.error("vllm-plugin-samplers: %s failed in %s for request slot(s) %s: %s: %s. Those requests "
+                         "continue without it and the engine keeps serving; later failures here are counted, not "
+                         "logged. Set VLLM_PLUGIN_STRICT=1 to make this fatal.", self.__vllm_plugin_name__, where,
+                         slots, type(exc).__name__, exc, exc_info=exc)
+
+    def _turn_off(self, slots: Any) -> None:
+        """The sampler stops for these slots (V1 rows or V2 request slots)."""
+        for slot in np.asarray(slots, dtype=np.int64).reshape(-1).tolist():
+            self.rows.pop(slot, None)
+            self._staged = [(s, q) for s, q in self._staged if s != slot]
+            self._set_active(slot, False)
 
     # ---- shared ----
     @classmethod
@@ -104,6 +129,13 @@ class _SamplerProcessor(*compat.logits_processor_bases()):  # type: ignore[misc]
 
     # ---- V1 model runner ----
     def update_state(self, batch_update: Any) -> None:
+        try:
+            self._update_state(batch_update)
+        except Exception as exc:  # bookkeeping is then unknown: every row goes on without the sampler
+            self._contain("update_state", exc, sorted(self.rows))
+            self._turn_off(sorted(self.rows))
+
+    def _update_state(self, batch_update: Any) -> None:
         if batch_update is None:
             return
         for index in batch_update.removed:
@@ -114,9 +146,13 @@ class _SamplerProcessor(*compat.logits_processor_bases()):  # type: ignore[misc]
             if p is None:
                 continue
             prompt = prompt_ids or ()
-            toks = (torch.tensor([*prompt, *output_ids], dtype=torch.long, device=self.device)
-                    if self.needs_tokens else None)
-            self._admit(index, p, sampling_params, toks)
+            try:
+                toks = (torch.tensor([*prompt, *output_ids], dtype=torch.long, device=self.device)
+                        if self.needs_tokens else None)
+                self._admit(index, p, sampling_params, toks)
+            except Exception as exc:
+                self._contain("admission", exc, [index])
+                continue
             # vLLM's live output list and the prompt's length: no copy of the context.
             self.rows[index] = (len(prompt), output_ids, len(prompt) + len(output_ids))
             self._set_active(index, True)
@@ -140,11 +176,15 @@ class _SamplerProcessor(*compat.logits_processor_bases()):  # type: ignore[misc]
         raise NotImplementedError
 
     def apply(self, logits: torch.Tensor, ctx: Any = None) -> torch.Tensor:
-        if ctx is not None:
-            return self._apply_v2(logits, ctx)
-        if not self.rows:
-            return logits
-        self._apply_v1(logits)
+        try:
+            if ctx is not None:
+                return self._apply_v2(logits, ctx)
+            if self.rows:
+                self._apply_v1(logits)
+        except Exception as exc:  # the rows' state is then unknown: they go on without the sampler
+            slots = sorted(self.rows) if ctx is None else ctx.idx_mapping_np[self.active_np[ctx.idx_mapping_np]]
+            self._contain("apply", exc, list(slots))
+            self._turn_off(slots)
         return logits
 
     def _apply_v1(self, logits: torch.Tensor) -> None:
@@ -163,6 +203,15 @@ class _SamplerProcessor(*compat.logits_processor_bases()):  # type: ignore[misc]
 
     # ---- V2 model runner ----
     def add_request(self, req_idx: int, sampling_params: Any) -> bool:
+        try:
+            return self._add_request(req_idx, sampling_params)
+        except Exception as exc:
+            self._contain("add_request", exc, [req_idx])
+            self._turn_off([req_idx])
+            self._staged_off = getattr(self, "_staged_off", set()) | {req_idx}
+            return False
+
+    def _add_request(self, req_idx: int, sampling_params: Any) -> bool:
         p = self._params(sampling_params)
         self.active_np[req_idx] = p is not None
         self._staged = [(s, q) for s, q in self._staged if s != req_idx]
@@ -181,12 +230,23 @@ class _SamplerProcessor(*compat.logits_processor_bases()):  # type: ignore[misc]
         return staged
 
     def apply_staged_writes(self) -> None:
-        staged = self._take_staged()
+        try:
+            staged = self._take_staged()
+        except Exception as exc:
+            self._contain("apply_staged_writes", exc, [s for s, _ in self._staged])
+            self._turn_off([s for s, _ in self._staged])
+            return
         for slot, (p, sampling_params) in staged:
-            n = int(self.req_states.prefill_len.np[slot])
-            toks = self.req_states.all_token_ids.gpu[slot, :n]
-            self._admit(slot, p, sampling_params, toks)
-            self.active[slot] = True
+            try:
+                self._admit_staged(slot, p, sampling_params)
+                self.active[slot] = True
+            except Exception as exc:
+                self._contain("admission", exc, [slot])
+                self._turn_off([slot])
+
+    def _admit_staged(self, slot: int, p: Any, sampling_params: Any) -> None:
+        n = int(self.req_states.prefill_len.np[slot])
+        self._admit(slot, p, sampling_params, self.req_states.all_token_ids.gpu[slot, :n])
 
     def _apply_v2(self, logits: torch.Tensor, ctx: Any) -> torch.Tensor:
         if not self.active_np[ctx.idx_mapping_np].any():
@@ -398,17 +458,14 @@ class XtcLogitsProcessor(_SamplerProcessor):
         self.probability[slot] = p.probability
         self.seed[slot] = seed
 
-    def add_request(self, req_idx: int, sampling_params: Any) -> bool:
+    def _add_request(self, req_idx: int, sampling_params: Any) -> bool:
         p = self._params(sampling_params)
         if p is not None:  # settings only: no tokens needed, so no admission step
             self.threshold_np[req_idx] = p.threshold
-        return super().add_request(req_idx, sampling_params)
+        return super()._add_request(req_idx, sampling_params)
 
-    def apply_staged_writes(self) -> None:
-        staged = self._take_staged()
-        for slot, (p, sampling_params) in staged:
-            self._admit(slot, p, sampling_params, None)
-            self.active[slot] = True
+    def _admit_staged(self, slot: int, p: Any, sampling_params: Any) -> None:
+        self._admit(slot, p, sampling_params, None)
 
     def _move(self, a: int, b: int, swap: bool) -> None:
         for t in (self.threshold, self.probability, self.seed, self.threshold_np):

@@ -58,7 +58,7 @@ def admit(tokens: torch.Tensor, cap: int | torch.Tensor, max_len: int) -> torch.
     t = tokens.long() + 1
     i = torch.arange(e, device=dev)
     hi = torch.clamp(i + 1, max=max_len)
-    hi = torch.minimum(hi, torch.as_tensor(cap, device=dev))
+    hi = torch.minimum(hi, cap.to(hi.dtype)) if isinstance(cap, torch.Tensor) else torch.clamp(hi, max=int(cap))
     lo = torch.zeros_like(i)
     prefix = []
     for base, p in ((_B1, P1), (_B2, P2)):

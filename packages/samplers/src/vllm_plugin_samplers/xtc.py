@@ -57,8 +57,7 @@ def xtc_apply(logits: torch.Tensor, threshold: torch.Tensor, act: torch.Tensor, 
     big = torch.iinfo(idx.dtype).max
     keep_id = torch.where(cand, idx, big).amin(-1, keepdim=True)
     drop = above & (idx != keep_id) & (above.sum(-1, keepdim=True) >= 2) & act[:, None]
-    logits.scatter_(1, idx, torch.where(drop, torch.tensor(float("-inf"), dtype=logits.dtype,
-                                                           device=logits.device), vals))
+    logits.scatter_(1, idx, vals.masked_fill(drop, float("-inf")))
 
 
 def _fmix(h: torch.Tensor) -> torch.Tensor:
