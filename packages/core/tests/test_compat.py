@@ -185,6 +185,26 @@ def test_logits_processors_skipped_under_speculative_decoding_on_v1():
     assert "speculative decoding" in compat.logits_processors_skipped(v1)
     v2 = SimpleNamespace(speculative_config=object(), use_v2_model_runner=True)
     assert (compat.logits_processors_skipped(v2) is None) == version_in(">=0.31")
+    # Async scheduling (CUDA): V1 hands plugins -1 placeholders; V2 reads committed tokens.
+    sync = SimpleNamespace(speculative_config=None, scheduler_config=SimpleNamespace(async_scheduling=False))
+    assert compat.logits_processors_skipped(sync) is None
+    v1_async = SimpleNamespace(speculative_config=None, use_v2_model_runner=False,
+                               scheduler_config=SimpleNamespace(async_scheduling=True))
+    assert "--no-async-scheduling" in compat.logits_processors_skipped(v1_async)
+    v2_async = SimpleNamespace(speculative_config=None, use_v2_model_runner=True,
+                               scheduler_config=SimpleNamespace(async_scheduling=True))
+    assert (compat.logits_processors_skipped(v2_async) is None) == version_in(">=0.31")
+
+
+def test_v1_async_scheduling_still_leaves_placeholders_for_plugins():
+    """Canary of the async-scheduling refusal: V1 still fills output placeholders
+    only when its own penalties or ``--logits-processors`` need them."""
+    import inspect
+
+    from vllm.v1.worker import gpu_input_batch, gpu_model_runner
+
+    assert "logitsprocs_need_output_token_ids=bool(custom_logitsprocs)" in inspect.getsource(gpu_model_runner)
+    assert "def update_async_output_token_ids" in inspect.getsource(gpu_input_batch)
 
 
 def test_input_processor_class_validates_requests():

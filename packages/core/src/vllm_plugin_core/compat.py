@@ -112,20 +112,28 @@ def batch_update_types() -> tuple[Any, Any]:
 
 
 def logits_processors_skipped(vllm_config: Any) -> str | None:
-    """Why this engine will run no logits-processor plugin, or None if it will.
+    """Why logits-processor plugins cannot take effect in this engine (with
+    what to change), or None if they can.
 
     Why: V1's ``build_logitsprocs`` loads no plugin when speculative decoding
     is on (0.29 to 0.33), yet the front end still validates and accepts their
-    arguments; the V2 runner (0.31+) runs plugins with drafts. Can go: when
-    V1 applies plugins under speculative decoding (canary:
-    ``STR_SPEC_DEC_REJECTS_LOGITSPROCS`` disappears).
+    arguments; and with async scheduling (CUDA builds) V1 hands plugins output
+    lists holding ``-1`` placeholders, which it repairs only for its own
+    penalties and ``--logits-processors``. The V2 runner (0.31+) runs plugins
+    with drafts and committed tokens. Can go: when V1 leaves the matrix
+    (canary: ``STR_SPEC_DEC_REJECTS_LOGITSPROCS`` disappears).
     """
-    if getattr(vllm_config, "speculative_config", None) is None:
-        return None
     if bool(getattr(vllm_config, "use_v2_model_runner", False)) and v2_logits_interface() is not None:
         return None
-    return ("speculative decoding is enabled (--speculative-config) and vLLM's V1 model runner "
-            "then runs no logits-processor plugin")
+    v2_fix = "on a CUDA build, VLLM_USE_V2_MODEL_RUNNER=1 runs them with it"
+    if getattr(vllm_config, "speculative_config", None) is not None:
+        return ("speculative decoding is enabled (--speculative-config) and vLLM's V1 model runner "
+                f"then runs no logits-processor plugin; serve without speculative decoding ({v2_fix})")
+    if bool(getattr(getattr(vllm_config, "scheduler_config", None), "async_scheduling", False)):
+        return ("async scheduling is enabled and vLLM's V1 model runner then hands logits-processor "
+                "plugins placeholder (-1) output tokens, so repeats would be missed; serve with "
+                f"--no-async-scheduling ({v2_fix})")
+    return None
 
 
 def cpu_speculative_decoding_broken() -> bool:

@@ -3,10 +3,11 @@
 One patch of the front end's per-request validation
 (``InputProcessor._validate_params``) does two jobs:
 
-* **Refuse arguments the engine would ignore.** vLLM's V1 model runner loads
-  no logits-processor plugin when speculative decoding is on, but its front
-  end still accepts their arguments: a request asking for DRY would get plain
-  text with no sign why. Such a request gets vLLM's ``VLLMValidationError``
+* **Refuse arguments the engine would ignore or misread.** vLLM's V1 model
+  runner loads no logits-processor plugin when speculative decoding is on, and
+  under async scheduling (CUDA) hands plugins ``-1`` placeholders for the
+  newest tokens, but its front end still accepts their arguments: a request
+  asking for DRY would get plain (or wrongly penalised) text with no sign why. Such a request gets vLLM's ``VLLMValidationError``
   (HTTP 400) naming the arguments and what to change. Can go: when vLLM's V1
   runner applies plugins with speculative decoding (core's compat canary
   fails then).
@@ -58,9 +59,9 @@ def active_sampler_args(extra_args: Mapping[str, Any] | None) -> list[str]:
 
 
 def refusal(reason: str, names: list[str]) -> str:
-    return (f"{', '.join(names)} cannot take effect: {reason}. Remove "
-            f"{'it' if len(names) == 1 else 'them'} from the request, or serve without "
-            "speculative decoding (on a CUDA build, VLLM_USE_V2_MODEL_RUNNER=1 runs them with it)")
+    """The 400's text: ``reason`` (from core's compat layer) names the server setting to change."""
+    return (f"{', '.join(names)} cannot take effect: {reason}. Or remove "
+            f"{'it' if len(names) == 1 else 'them'} from the request")
 
 
 _resolvers: dict[tuple[str, bool, str | None], Any] = {}
