@@ -70,7 +70,7 @@ def test_chat_completions_with_vllm_xargs(openai_client, shared_server):
 @pytest.mark.parametrize(("xargs", "field"), [
     ({"no_repeat_ngram_size": -2}, "no_repeat_ngram_size"),
     ({"dry_multiplier": 1.0, "dry_allowed_length": "two"}, "dry_allowed_length"),
-    ({"xtc_threshold": 0.7, "xtc_probability": 0.5}, "xtc_threshold"),
+    ({"xtc_threshold": 1.5, "xtc_probability": 0.5}, "xtc_threshold"),
     ({"dry_multiplier": 1.0, "dry_sequence_breakers": "not json"}, "dry_sequence_breakers"),
 ])
 def test_bad_arguments_are_http_400_and_server_keeps_serving(openai_client, xargs, field):

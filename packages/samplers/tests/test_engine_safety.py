@@ -16,6 +16,7 @@ from test_runner_interfaces import (
     VOCAB,
     Cfg,
     _dry_rows,
+    _elements,
     _no_sync_mode,
     needs_v2,
     sp,
@@ -234,3 +235,55 @@ def test_v2_apply_builds_no_tensor_from_host_data(cls, extras, spec, digits_toke
         for _ in range(3):
             proc.apply(logits, ctx)
     assert not proc.failures
+
+
+def _v2_isolation_step(cls, extras, upper):
+    """One V2 step of requests ``extras`` (None: no sampler) whose length upper
+    bounds are ``upper``; returns (processor, the step as a callable)."""
+    v2 = compat.v2_logits_interface()
+    n = len(extras)
+    tokens = torch.tensor([[s % VOCAB, 3] * 150 for s in range(n)])
+    req_states = v2_state(v2, tokens, [300] * n, [300] * n)
+    proc = cls(Cfg, req_states)
+    for s, e in enumerate(extras):
+        proc.add_request(s, sp(**(e or {})))
+    proc.apply_staged_writes()
+    ctx = v2_ctx(v2, list(range(n)), [0] * n, [3] * n, [u - 1 for u in upper], upper)
+    logits = torch.zeros(n, VOCAB)
+    return proc, ctx, lambda: proc.apply(logits, ctx)
+
+
+@needs_v2
+@pytest.mark.parametrize("cls", CLASSES)
+def test_v2_a_request_without_the_sampler_costs_nothing(cls, digits_tokenizer):
+    """Counted ops: a 300-token request with the sampler beside a 60k-token
+    request without it costs at most 1.2x what it costs alone (the old code
+    sized the bank by the longest request in the batch and ran every row:
+    about 200x here), and exactly what it costs beside a short one."""
+    _, _, alone = _v2_isolation_step(cls, [ARGS[cls]], [301])
+    alone()
+    _, _, beside_long = _v2_isolation_step(cls, [ARGS[cls], None], [301, 60_000])
+    beside_long()
+    _, _, beside_short = _v2_isolation_step(cls, [ARGS[cls], None], [301, 301])
+    beside_short()
+    a, b = _elements(alone), _elements(beside_long)
+    assert b <= 1.2 * a, (a, b)
+    assert b == _elements(beside_short)
+
+
+@needs_v2
+@pytest.mark.parametrize("cls", [NoRepeatNgramLogitsProcessor, DryLogitsProcessor])
+def test_v2_memory_comes_back_when_a_long_request_leaves(cls, digits_tokenizer):
+    """A long request with the sampler widens the bank; once it leaves, the
+    bank shrinks and a short request's step costs what it cost alone."""
+    _, _, alone = _v2_isolation_step(cls, [ARGS[cls]], [301])
+    alone()
+    proc, _, both = _v2_isolation_step(cls, [ARGS[cls], ARGS[cls]], [301, 20_000])
+    both()
+    assert proc.batch.bank.width >= 20_000
+    proc.add_request(1, sp())  # slot 1 is reused by a request without the sampler
+    proc.apply_staged_writes()
+    both()
+    assert proc.batch.bank.width == 512  # as growing to 301 tokens from scratch gives
+    a, b = _elements(alone), _elements(both)
+    assert b <= 1.2 * a, (a, b)

@@ -175,7 +175,9 @@ def test_xtc_against_reference_and_seeded(llm, hf, prompts):
     ({"no_repeat_ngram_size": "3"}, "no_repeat_ngram_size"),
     ({"dry_multiplier": 1.0, "dry_base": 0.5}, "dry_base"),
     ({"dry_multiplier": 1.0, "dry_sequence_breakers": [1, 2]}, "dry_sequence_breakers"),
-    ({"xtc_threshold": 0.9, "xtc_probability": 1.0}, "xtc_threshold"),
+    ({"xtc_threshold": 0.0001, "xtc_probability": 1.0}, "xtc_threshold"),
+    ({"dry_multiplier": 1.0, "dry_allowed_length": 2**31}, "dry_allowed_length"),  # killed the engine (int32)
+    ({"no_repeat_ngram_size": 2**31}, "no_repeat_ngram_size"),
     ({"xtc_threshold": 0.1, "xtc_probability": 2}, "xtc_probability"),
 ])
 def test_bad_arguments_rejected_engine_alive(llm, extra, message):

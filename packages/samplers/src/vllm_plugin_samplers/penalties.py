@@ -37,10 +37,18 @@ class _Batch:
         self.bank = SuffixBank(slots, device)
         self.cap = torch.zeros(slots + 1, dtype=torch.int32, device=device)
         self.window = np.zeros(slots + 1, dtype=np.int64)  # host: tokens a row needs (0 = all)
+        self.last_n = torch.zeros(slots + 1, dtype=torch.int32, device=device)  # device mirror of window
 
     def need(self, slot: int, length: int) -> int:
         w = int(self.window[slot])
         return (min(length, w) if w > 0 else length) + 1
+
+    def need_all(self, slots: np.ndarray, length: np.ndarray) -> int:
+        """Bank columns the slots ``slots`` need, given host upper bounds of their lengths."""
+        if len(slots) == 0:
+            return 0
+        w, n = self.window[slots], length[slots]
+        return int(max((np.where(w > 0, np.minimum(n, w), n) + 1).max(), TAIL_COLS))
 
     def column_groups(self, slots: np.ndarray) -> list[tuple[np.ndarray | None, slice]]:
         """Split the rows of a step (``slots``, host) by the bank columns they need.

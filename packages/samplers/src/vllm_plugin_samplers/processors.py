@@ -83,6 +83,8 @@ class _SamplerProcessor(*compat.logits_processor_bases()):  # type: ignore[misc]
         # V1: row -> (prompt length, live output ids, tokens seen); V2: slots to admit.
         self.rows: dict[int, tuple[Any, Any, int]] = {}
         self._staged: list[tuple[int, Any]] = []
+        # V2: host upper bound of each slot's length (the bank's width follows the active slots).
+        self.len_ub = np.zeros(slots + 1, dtype=np.int64)
         #: Failures contained inside the engine, by where they happened.
         self.failures: dict[str, int] = {}
 
@@ -246,6 +248,7 @@ class _SamplerProcessor(*compat.logits_processor_bases()):  # type: ignore[misc]
 
     def _admit_staged(self, slot: int, p: Any, sampling_params: Any) -> None:
         n = int(self.req_states.prefill_len.np[slot])
+        self.len_ub[slot] = n
         self._admit(slot, p, sampling_params, self.req_states.all_token_ids.gpu[slot, :n])
 
     def _apply_v2(self, logits: torch.Tensor, ctx: Any) -> torch.Tensor:
@@ -283,7 +286,7 @@ class _SuffixProcessor(_SamplerProcessor):
     def _apply_v1(self, logits: torch.Tensor) -> None:
         rows, new = self._v1_new_tokens()
         b = self.batch
-        b.bank.ensure_width(max(b.need(r, int(self.rows[r][2])) for r in rows))
+        b.bank.fit_width(max(b.need(r, int(self.rows[r][2])) for r in rows))
         groups = b.column_groups(np.asarray(rows))
         for pick, cols in groups:  # at most 2: whole-context rows, then windowed rows
             if pick is None:
@@ -310,27 +313,34 @@ class _SuffixProcessor(_SamplerProcessor):
 
     def _apply_rows_v2(self, logits: torch.Tensor, ctx: Any) -> None:
         b = self.batch
-        # Width for the longest context in this step (host-side upper bounds).
-        ub = int(ctx.seq_lens_upper_bound_np.max()) + self.num_spec + 1
-        w = b.window[ctx.idx_mapping_np]
-        b.bank.ensure_width(ub if (w <= 0).any() else min(ub, int(w.max()) + 1))
-        groups = b.column_groups(ctx.idx_mapping_np)
-        n_req = len(ctx.idx_mapping_np)
+        reqs = ctx.idx_mapping_np
+        on = self.active_np[reqs]
+        slots_on = reqs[on]
+        # Host-side upper bounds of the active requests' lengths (this step's
+        # requests only are refreshed; the others keep their last bound).
+        self.len_ub[slots_on] = ctx.seq_lens_upper_bound_np[on] + self.num_spec
+        b.bank.fit_width(b.need_all(np.flatnonzero(self.active_np), self.len_ub))
+        groups = b.column_groups(slots_on)
+        n_req = len(reqs)
         # Rows per request, where the host can tell: 1, or 1 + num_spec for all.
         per = logits.shape[0] // n_req if logits.shape[0] in (n_req, n_req * (1 + self.num_spec)) else 0
-        if len(groups) == 1:
+        if on.all() and len(groups) == 1:
             self._v2_pass(logits, ctx, None, groups[0][1])
         elif not per:
-            # Some requests have fewer drafts: which rows are windowed is known on the device only.
+            # Some requests have fewer drafts: which rows are whose is known on the device only.
             self._v2_pass(logits, ctx, None, slice(None))
         else:
-            # Windowed rows sort last; the host knows how many, so the split
-            # needs no sync and no copy.
-            windowed = (b.last_n[ctx.expanded_idx_mapping.long()] > 0).to(torch.int8)
-            order = torch.argsort(windowed, stable=True)
-            n_whole = len(groups[0][0]) * per
-            self._v2_pass(logits, ctx, order[:n_whole], groups[0][1])
-            self._v2_pass(logits, ctx, order[n_whole:], groups[1][1])
+            # Active whole-context rows first, then active windowed rows, then
+            # rows of requests without the sampler (never touched). The host
+            # knows each group's size, so the split needs no sync and no copy.
+            slot = ctx.expanded_idx_mapping.long()
+            key = 2 - self.active[slot].to(torch.int8) * (2 - (b.last_n[slot] > 0).to(torch.int8))
+            order = torch.argsort(key, stable=True)
+            start = 0
+            for pick, cols in groups:
+                n = (len(slots_on) if pick is None else len(pick)) * per
+                self._v2_pass(logits, ctx, order[start:start + n], cols)
+                start += n
 
     def _v2_pass(self, logits: torch.Tensor, ctx: Any, rows: torch.Tensor | None, cols: slice) -> None:
         """Commit, draft and penalise the logits rows ``rows`` (None: all) in bank columns ``cols``."""
@@ -493,8 +503,21 @@ class XtcLogitsProcessor(_SamplerProcessor):
 
     def _apply_rows_v2(self, logits: torch.Tensor, ctx: Any) -> None:
         self.vocab_of = logits.shape[1]
-        slots_np = ctx.idx_mapping_np[self.active_np[ctx.idx_mapping_np]]
+        reqs = ctx.idx_mapping_np
+        on = self.active_np[reqs]
+        k = self._k(reqs[on])
         slot = ctx.expanded_idx_mapping.long()
-        position = ctx.pos.long() + 1 - self.req_states.prompt_len.gpu[slot].long()
+        n_req = len(reqs)
+        per = logits.shape[0] // n_req if logits.shape[0] in (n_req, n_req * (1 + self.num_spec)) else 0
+        if on.all() or not per:
+            rows, target, pos = None, logits, ctx.pos
+        else:
+            # Only the rows of requests with XTC (first after a stable sort on
+            # the device; the host knows how many): the others cost nothing.
+            rows = torch.argsort((~self.active[slot]).to(torch.int8), stable=True)[: int(on.sum()) * per]
+            slot, target, pos = slot[rows], logits[rows], ctx.pos[rows]
+        position = pos.long() + 1 - self.req_states.prompt_len.gpu[slot].long()
         act = self.active[slot] & (coin(self.seed[slot], position) < self.probability[slot])
-        xtc_apply(logits, self.threshold[slot], act, self._k(slots_np))
+        xtc_apply(target, self.threshold[slot], act, k)
+        if rows is not None:
+            logits[rows] = target

@@ -125,6 +125,18 @@ class SuffixBank:
         self.match = torch.cat([torch.zeros((self.slots + 1, pad), dtype=torch.int32, device=self.device),
                                 self.match], 1)
 
+    def fit_width(self, need: int) -> None:
+        """Grow to hold ``need`` tokens, or give memory back once the active rows
+        need a quarter of the width or less (rows are right-aligned: the last
+        ``need`` columns hold everything any active row still reads)."""
+        c = self.width
+        if need > c:
+            self.ensure_width(need)
+        elif c > 256 and 4 * need <= c:
+            new = max(256, -(-need // 256) * 256)  # what growth from scratch would give
+            self.tok = self.tok[:, c - new:].clone()
+            self.match = self.match[:, c - new:].clone()
+
     def write(self, slot: int, tokens: torch.Tensor, match: torch.Tensor, length: int | torch.Tensor) -> None:
         """Set a row from a context's tokens and matches (its last ``width`` ones)."""
         c = self.width
