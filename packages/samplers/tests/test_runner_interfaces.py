@@ -5,6 +5,8 @@ The V2 runner itself only runs on CUDA builds; GitHub CI runs it for real."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -82,31 +84,20 @@ needs_v2 = pytest.mark.skipif(
 
 
 def v2_state(v2, tokens: torch.Tensor, prompt_len: list[int], prefill_len: list[int]):
-    """vLLM's own V2 request-state types, on their no-pinned-memory fallback
-    (this CPU machine reports UVA but cannot pin memory)."""
-    from unittest import mock
+    """vLLM's own ``LogitsProcRequestState`` over plain CPU buffers with the
+    ``.gpu`` / ``.np`` views the runner's staging buffers give processors (the
+    buffers themselves need a CUDA device from 0.34 on)."""
+    import numpy as np
 
-    from vllm.v1.worker.gpu import buffer_utils
-    from vllm.v1.worker.gpu.buffer_utils import StagedWriteTensor, UvaBackedTensor
+    def buf(values):
+        t = torch.as_tensor(values, dtype=torch.int32).clone()
+        return SimpleNamespace(gpu=t, np=t.numpy())
 
-    with mock.patch.object(buffer_utils, "is_uva_available", lambda: False):
-        return _v2_state(v2, tokens, prompt_len, prefill_len, StagedWriteTensor, UvaBackedTensor)
-
-
-def _v2_state(v2, tokens, prompt_len, prefill_len, StagedWriteTensor, UvaBackedTensor):
-    slots, width = tokens.shape
-    ids = StagedWriteTensor((slots, width), torch.int32, torch.device("cpu"))
-    ids.gpu[:] = tokens
-    lens = []
-    for values in (prompt_len, prefill_len):
-        t = UvaBackedTensor(slots, torch.int32)
-        t.np[:] = values
-        t.copy_to_uva()
-        lens.append(t)
-    total = StagedWriteTensor(slots, torch.int32, torch.device("cpu"))
-    total.gpu[:] = torch.tensor(prefill_len)
+    slots = tokens.shape[0]
+    ids = SimpleNamespace(gpu=tokens.to(torch.int32).clone())
     return v2.LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=slots, vocab_size=VOCAB,
-                                     all_token_ids=ids, prompt_len=lens[0], prefill_len=lens[1], total_len=total)
+                                     all_token_ids=ids, prompt_len=buf(np.asarray(prompt_len)),
+                                     prefill_len=buf(np.asarray(prefill_len)), total_len=buf(np.asarray(prefill_len)))
 
 
 def v2_ctx(v2, slots, local, input_ids, pos, upper):

@@ -8,7 +8,8 @@ needs a shim). Plugins call these functions instead of checking versions.
 
 Shims (see vllm-api-drift.md, numbers refer to its list):
 
-* ``logits_processor_bases`` (1): V1 and, from 0.31, V2 model-runner bases.
+* ``logits_processor_bases`` / ``v1_logits_interface`` (1): V1 (to 0.33) and
+  V2 (from 0.31) model-runner bases; 0.34 removed V1.
 * ``is_v2_logits_init`` (1): tell which runner constructed a processor.
 * ``logits_processors_skipped`` / ``input_processor_class`` (1): V1 loads no
   logits-processor plugin under speculative decoding; where requests are
@@ -44,6 +45,7 @@ __all__ = [
     "io_processor_shapes_response_in_post_process",
     "is_v2_logits_init",
     "logits_processor_bases",
+    "logits_processor_plugin_loaders",
     "logits_processors_skipped",
     "make_lora_request",
     "metric_buckets",
@@ -54,6 +56,7 @@ __all__ = [
     "register_env_vars",
     "set_kv_cache_layout",
     "supports_mamba_prefix_caching",
+    "v1_logits_interface",
     "v2_logits_interface",
 ]
 
@@ -74,20 +77,62 @@ def v2_logits_interface() -> Any | None:
     return interface
 
 
-def logits_processor_bases() -> tuple[type, ...]:
-    """Base classes a logits-processor plugin class must derive from.
+def v1_logits_interface() -> Any | None:
+    """The V1 model runner's logits-processor package, or None from 0.34.
 
-    V1's ``LogitsProcessor`` always; V2's as well where it exists, because the
-    V2 loader checks ``issubclass`` against its own base. One class then
-    serves both runners: see :func:`is_v2_logits_init`.
+    Why: 0.34 removed Model Runner V1 (``vllm.v1.sample.logits_processor``).
+    Can go: when 0.33 leaves the matrix (feature-detected).
     """
     require_vllm_installed("logits processors")
-    from vllm.v1.sample.logits_processor import LogitsProcessor as V1
+    try:
+        import vllm.v1.sample.logits_processor as v1
+    except ImportError:
+        return None
+    return v1
 
-    v2 = v2_logits_interface()
-    if v2 is None:
-        return (V1,)
-    return (V1, v2.LogitsProcessor)
+
+def logits_processor_bases(plugin: str = "this logits-processor plugin") -> tuple[type, ...]:
+    """Base classes a logits-processor plugin class must derive from.
+
+    V1's ``LogitsProcessor`` where it exists (to 0.33), V2's where it exists
+    (0.31+), because each runner's loader checks ``issubclass`` against its
+    own base. One class then serves both runners: see
+    :func:`is_v2_logits_init`. A vLLM with neither gets an ``ImportError``
+    naming ``plugin``, the running vLLM, the supported range and the fix
+    (vLLM's loader shows it as the cause of its own fatal error).
+    """
+    from vllm_plugin_core.version import SUPPORTED_VLLM, vllm_distribution
+
+    require_vllm_installed("logits processors")
+    bases = tuple(m.LogitsProcessor for m in (v1_logits_interface(), v2_logits_interface()) if m is not None)
+    if not bases:
+        name, version = vllm_distribution() or ("vllm", "?")
+        raise ImportError(
+            f"{plugin} cannot load: the running vLLM ({name} {version}) has neither logits-processor "
+            "interface it knows (vllm.v1.worker.gpu.sample.logits_processor, "
+            f"vllm.v1.sample.logits_processor); supported vLLM: {SUPPORTED_VLLM}. Fix: install a "
+            f"supported vLLM, or a newer {plugin}, or uninstall {plugin} (vLLM loads every installed "
+            "logits processor and stops if one fails)")
+    return bases
+
+
+def logits_processor_plugin_loaders() -> list[Callable[[], list[type]]]:
+    """vLLM's own loaders of ``vllm.logits_processors`` entry points, newest
+    first: V2's (0.31+; it also checks the V2 base class) and V1's (to 0.33).
+
+    Why: 0.34 removed V1's ``_load_logitsprocs_plugins``; the test helpers
+    check discovery through every loader the running vLLM has. Can go: V1's
+    when 0.33 leaves the matrix.
+    """
+    loaders: list[Callable[[], list[type]]] = []
+    if v2_logits_interface() is not None:
+        from vllm.v1.worker.gpu.sample.logits_processor.loader import _load_v2_logitsprocs_plugins
+
+        loaders.append(_load_v2_logitsprocs_plugins)
+    v1 = v1_logits_interface()
+    if v1 is not None:
+        loaders.append(v1._load_logitsprocs_plugins)
+    return loaders
 
 
 def is_v2_logits_init(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -123,6 +168,8 @@ def logits_processors_skipped(vllm_config: Any) -> str | None:
     with drafts and committed tokens. Can go: when V1 leaves the matrix
     (canary: ``STR_SPEC_DEC_REJECTS_LOGITSPROCS`` disappears).
     """
+    if v1_logits_interface() is None:
+        return None  # 0.34+: only the V2 runner, which runs plugins with drafts and committed tokens
     if bool(getattr(vllm_config, "use_v2_model_runner", False)) and v2_logits_interface() is not None:
         return None
     v2_fix = "on a CUDA build, VLLM_USE_V2_MODEL_RUNNER=1 runs them with it"

@@ -51,7 +51,7 @@ def _num_spec(vllm_config: Any) -> int:
     return int(getattr(spec, "num_speculative_tokens", 0) or 0) if spec is not None else 0
 
 
-class _SamplerProcessor(*compat.logits_processor_bases()):  # type: ignore[misc]
+class _SamplerProcessor(*compat.logits_processor_bases("vllm-plugin-samplers")):  # type: ignore[misc]
     """Shared plumbing: which slots are active, V1 row bookkeeping, V2 staging."""
 
     parse = staticmethod(lambda extra_args: None)

@@ -131,19 +131,22 @@ def vllm_server_factory() -> Iterator[Callable[..., VllmServer]]:
 
 def discovered_by_vllm(group: str, name: str) -> Any:
     """Load ``name`` from ``group`` through vLLM's own plugin loader."""
-    if group == "vllm.logits_processors":
-        from vllm.v1.sample.logits_processor import _load_logitsprocs_plugins
-
-        for cls in _load_logitsprocs_plugins():
-            if getattr(cls, "__vllm_plugin_name__", None) == name or cls.__name__ == name:
-                return cls
+    if group == "vllm.logits_processors":  # every loader this vLLM has must return it
         from importlib.metadata import entry_points
 
+        from vllm_plugin_core import compat
+
         wanted = {ep.value.split(":")[-1] for ep in entry_points(group=group) if ep.name == name}
-        for cls in _load_logitsprocs_plugins():
-            if cls.__name__ in wanted:
-                return cls
-        raise AssertionError(f"vLLM's logits-processor loader did not return {name!r}")
+        found = None
+        for load in compat.logits_processor_plugin_loaders():
+            hits = [cls for cls in load() if getattr(cls, "__vllm_plugin_name__", None) == name
+                    or cls.__name__ == name or cls.__name__ in wanted]
+            if not hits:
+                raise AssertionError(f"vLLM's logits-processor loader {load.__qualname__} did not return {name!r}")
+            found = hits[0]
+        if found is None:
+            raise AssertionError("this vLLM has no logits-processor plugin loader")
+        return found
     from vllm.plugins import load_plugins_by_group
 
     loaded = load_plugins_by_group(group)
