@@ -10,6 +10,7 @@ import random
 
 import pytest
 import torch
+from conftest import needs_v1
 from test_runner_interfaces import (
     ARGS,
     MIXED,
@@ -71,6 +72,7 @@ def _v1_step(cls, how: str):
     return proc, values, logits, base
 
 
+@needs_v1
 @pytest.mark.parametrize("how", LAYOUTS)
 @pytest.mark.parametrize("cls", CLASSES)
 def test_v1_logits_of_any_strides(cls, how, digits_tokenizer):
@@ -129,6 +131,7 @@ def test_flat_view_refuses_overlapping_strides():
     assert (s0, s1) == (9, 1) and view.numel() == 2 * 9 + 3 + 1
 
 
+@needs_v1
 @pytest.mark.parametrize("cls", CLASSES)
 def test_v1_a_failure_inside_the_engine_is_contained(cls, digits_tokenizer, monkeypatch, caplog):
     """Outside strict mode a processor that raises returns the logits, logs

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import needs_v1
 
 from vllm_plugin_samplers.front_end import active_sampler_args, refusal
 
@@ -67,6 +68,7 @@ def test_active_sampler_args_names_what_switches_a_sampler_on():
     assert "remove it" in refusal("why", ["dry_multiplier"])
 
 
+@needs_v1
 def test_v1_refuses_sampler_arguments_only_under_speculative_decoding(tiny_causal_lm):
     got = run_validation(tiny_causal_lm, VLLM_USE_V2_MODEL_RUNNER="0")
     without = {k: v for k, v in got.items() if k.startswith("False-")}
@@ -115,6 +117,7 @@ print("RESULT" + json.dumps(out))
 """
 
 
+@pytest.mark.engine  # builds an engine config: needs a platform that starts on this vLLM
 def test_custom_breakers_are_resolved_in_the_front_end(tiny_causal_lm):
     """vLLM's own loader and InputProcessor: a custom breaker set leaves the
     front end resolved (the same table the engine would build), a client's

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import needs_v1
 
 from vllm_plugin_samplers.breakers import Resolver, resolve_breakers
 from vllm_plugin_samplers.params import DryParams
@@ -140,6 +141,7 @@ def test_incremental_multi_token_breakers_equal_reference(seed):
         batch.append_rows(torch.tensor([0]), torch.tensor([t]))
 
 
+@needs_v1
 def test_unseeded_xtc_seeds_identical_across_ranks():
     """Two processors built from the same config (two tensor-parallel ranks)
     give unseeded requests the same seeds."""

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import needs_v1
 
 from vllm_plugin_core import compat
 from vllm_plugin_samplers.processors import (
@@ -34,6 +35,7 @@ def banned_rows(logits):
     return [sorted(torch.nonzero(torch.isinf(row)).flatten().tolist()) for row in logits]
 
 
+@needs_v1
 def test_v1_untouched_without_active_requests():
     BatchUpdate, _ = compat.batch_update_types()
     proc = v1(NoRepeatNgramLogitsProcessor)
@@ -44,6 +46,7 @@ def test_v1_untouched_without_active_requests():
     assert out is logits and not torch.isinf(out).any()
 
 
+@needs_v1
 def test_v1_added_removed_moved_in_vllms_order():
     BatchUpdate, Move = compat.batch_update_types()
     proc = v1(NoRepeatNgramLogitsProcessor)
@@ -67,6 +70,7 @@ def test_v1_added_removed_moved_in_vllms_order():
     assert banned_rows(proc.apply(torch.zeros(3, VOCAB))) == [[12], [11], [1, 2, 4, 9]]
 
 
+@needs_v1
 def test_v1_request_replaced_by_one_without_arguments():
     BatchUpdate, _ = compat.batch_update_types()
     proc = v1(NoRepeatNgramLogitsProcessor)
@@ -269,6 +273,7 @@ def test_v2_apply_has_no_host_sync(cls, spec, digits_tokenizer):
             proc.apply(logits, ctx)
 
 
+@needs_v1
 @pytest.mark.parametrize("cls", [NoRepeatNgramLogitsProcessor, DryLogitsProcessor, XtcLogitsProcessor])
 def test_v1_apply_has_no_device_sync(cls, digits_tokenizer):
     """V1: the only host work is reading vLLM's Python lists; no tensor is read back."""
@@ -303,6 +308,7 @@ MIXED = [{"dry_multiplier": 1.0, "dry_allowed_length": 1},
          {"dry_multiplier": 1.0, "dry_allowed_length": 1, "dry_penalty_last_n": 3}]
 
 
+@needs_v1
 def test_v1_mixed_windows_match_the_reference(digits_tokenizer):
     """Whole-context and dry_penalty_last_n rows in one batch (two passes over
     different bank columns) each get exactly the reference penalties, step after step."""
@@ -346,6 +352,7 @@ def _elements(fn) -> int:
     return total[0]
 
 
+@needs_v1
 def test_v1_windowed_rows_stay_bounded_beside_a_whole_context_row(digits_tokenizer):
     """Counted ops: 15 rows with dry_penalty_last_n 8 next to one whole-context
     row of 4000 tokens cost about what they cost alone, not 15 x 4000 columns."""
@@ -432,6 +439,7 @@ def test_v2_windowed_rows_stay_bounded_beside_a_whole_context_row(digits_tokeniz
     assert mixed <= 1.25 * alone, (mixed, alone)
 
 
+@needs_v1
 def test_v1_custom_breakers_come_resolved_from_the_front_end(digits_tokenizer, caplog):
     """The engine takes a custom set's table from extra_args (no resolution in
     the step); without one, or with a bad one, it resolves itself and says so once."""
