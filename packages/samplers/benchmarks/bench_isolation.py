@@ -1,0 +1,153 @@
+"""A request's cost is its own: V2 decode steps measured side by side in one run.
+
+* A short request with a sampler (512-token context), alone, then beside one
+  60k-token request that uses no sampler (target: <= 1.2x), and after a
+  60k-token request *with* the sampler left the batch (target: 1.0x, the
+  suffix bank shrinks back).
+* XTC on one row beside 255 rows without it, against that row alone.
+* Bytes a DRY step allocates per row per bank column (counted by a dispatch
+  mode; target <= 64 B).
+* Admission of 256 DRY requests in one step against one (target <= 10x).
+
+Run: ``python packages/samplers/benchmarks/bench_isolation.py [--quick]``
+(vLLM 0.31+ with the V2 logits-processor interface, and this package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import types
+
+import numpy as np
+import torch
+
+
+def timed(fn, steps: int) -> float:
+    fn()  # warm-up
+    t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - t) / steps * 1000
+
+
+def bytes_allocated(fn) -> int:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    total = [0]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not func._schema.is_mutable:
+                for t in out if isinstance(out, tuple | list) else (out,):
+                    if isinstance(t, torch.Tensor):
+                        total[0] += t.numel() * t.element_size()
+            return out
+
+    with Count():
+        fn()
+    return total[0]
+
+
+def main() -> None:
+    from vllm import SamplingParams
+    from vllm.v1.worker.gpu.sample.logits_processor import interface as v2
+
+    import vllm_plugin_samplers.processors as mod
+    from vllm_plugin_samplers.breakers import Resolver
+    from vllm_plugin_samplers.processors import DryLogitsProcessor, NoRepeatNgramLogitsProcessor, XtcLogitsProcessor
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="vocab 32k, long request 8k")
+    args = parser.parse_args()
+    vocab, long_len, short_len = (32_000, 8_192, 512) if args.quick else (152_000, 60_000, 512)
+    steps = 5 if args.quick else 10
+    resolver = Resolver([str(i) for i in range(vocab)])
+    mod.make_resolver = lambda cfg: resolver
+
+    class Cfg:
+        speculative_config = None
+
+        class model_config:
+            tokenizer = "unused"
+            trust_remote_code = False
+            seed = 0
+
+    def state(slots: int, width: int, lens: list[int]):
+        def buf(values):
+            t = torch.as_tensor(np.asarray(values), dtype=torch.int32).clone()
+            return types.SimpleNamespace(gpu=t, np=t.numpy())
+
+        g = torch.Generator().manual_seed(0)
+        ids = types.SimpleNamespace(gpu=torch.randint(0, 64, (slots, width), generator=g, dtype=torch.int32))
+        return v2.LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=slots, vocab_size=vocab,
+                                         all_token_ids=ids, prompt_len=buf(lens), prefill_len=buf(lens),
+                                         total_len=buf(lens))
+
+    def ctx(slots: list[int], lens: list[int]):
+        return v2.LogitsContext(
+            expanded_idx_mapping=torch.tensor(slots, dtype=torch.int32),
+            idx_mapping=torch.tensor(slots, dtype=torch.int32), idx_mapping_np=np.array(slots, dtype=np.int32),
+            expanded_local_pos=torch.zeros(len(slots), dtype=torch.int32),
+            input_ids=torch.ones(len(slots), dtype=torch.int32), pos=torch.tensor([n - 1 for n in lens]),
+            seq_lens_upper_bound_np=np.array(lens, dtype=np.int32))
+
+    def step(cls, extras, lens, width):
+        """A processor with requests ``extras`` (None: no sampler) of lengths ``lens``; one step."""
+        Cfg.model_config.get_vocab_size = staticmethod(lambda: vocab)
+        proc = cls(Cfg, state(len(extras), width, lens))
+        for s, e in enumerate(extras):
+            proc.add_request(s, SamplingParams(extra_args=e, seed=1))
+        proc.apply_staged_writes()
+        c = ctx(list(range(len(extras))), lens)
+        logits = torch.randn(len(extras), vocab)
+        return proc, lambda: proc.apply(logits, c)
+
+    samplers = {"no_repeat_ngram": (NoRepeatNgramLogitsProcessor, {"no_repeat_ngram_size": 3}),
+                "dry": (DryLogitsProcessor, {"dry_multiplier": 0.8}),
+                "xtc": (XtcLogitsProcessor, {"xtc_probability": 1.0, "xtc_threshold": 0.1})}
+    print(f"vocab {vocab}, short request {short_len} tokens, long request {long_len} tokens, "
+          f"{torch.get_num_threads()} threads; V2 interface, CPU")
+    print(f"{'sampler':16} {'alone ms':>9} {'beside long plain':>18} {'ratio':>6} {'after long left':>16} {'ratio':>6}")
+    for name, (cls, extra) in samplers.items():
+        _, alone = step(cls, [extra], [short_len], short_len)
+        _, beside = step(cls, [extra, None], [short_len, long_len], long_len)
+        t_alone, t_beside = timed(alone, steps), timed(beside, steps)
+        after = ""
+        if cls is not XtcLogitsProcessor:
+            proc, both = step(cls, [extra, extra], [short_len, long_len], long_len)
+            both()
+            proc.add_request(1, SamplingParams())  # the long request leaves; its slot goes to a plain one
+            proc.apply_staged_writes()
+            t_after = timed(both, steps)
+            after = f"{t_after:13.2f} ms {t_after / t_alone:5.2f}x"
+        print(f"{name:16} {t_alone:9.2f} {t_beside:15.2f} ms {t_beside / t_alone:5.2f}x {after}")
+
+    _, one = step(XtcLogitsProcessor, [samplers["xtc"][1]], [short_len], 64)
+    _, many = step(XtcLogitsProcessor, [samplers["xtc"][1], *[None] * 255], [short_len] * 256, 64)
+    t1, t256 = timed(one, steps), timed(many, steps)
+    print(f"xtc: one row {t1:.2f} ms; the same row beside 255 rows without XTC {t256:.2f} ms ({t256 / t1:.2f}x)")
+
+    for n in (512, 4096):
+        _, s = step(DryLogitsProcessor, [{"dry_multiplier": 0.8}], [n], n)
+        s()
+        print(f"dry: {bytes_allocated(s) / (n + 1):.0f} B allocated per step per column of a {n}-token row")
+
+    def admit(k: int) -> float:
+        Cfg.model_config.get_vocab_size = staticmethod(lambda: vocab)
+        proc = DryLogitsProcessor(Cfg, state(k, short_len, [short_len] * k))
+        t = time.perf_counter()
+        for s in range(k):
+            proc.add_request(s, SamplingParams(extra_args={"dry_multiplier": 0.8}))
+        proc.apply_staged_writes()
+        return (time.perf_counter() - t) * 1000
+
+    admit(1)
+    a1, a256 = admit(1), admit(256 if not args.quick else 64)
+    print(f"dry admission: one request {a1:.1f} ms, {256 if not args.quick else 64} in one step {a256:.1f} ms "
+          f"({a256 / a1:.0f}x)")
+
+
+if __name__ == "__main__":
+    main()
