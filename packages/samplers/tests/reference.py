@@ -4,7 +4,7 @@ applies them. Used to check what vLLM generates with the plugin."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import torch
 
@@ -15,6 +15,23 @@ def ngram_banned(tokens: Sequence[int], n: int) -> set[int]:
         return set()
     prefix = tuple(tokens[len(tokens) - n + 1:]) if n > 1 else ()
     return {tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tuple(tokens[i:i + n - 1]) == prefix}
+
+
+def ngram_banned_window(tokens: Sequence[int], n: int, window: int = 0,
+                        whitelist: Collection[int] = ()) -> set[int]:
+    """DeepSeek-OCR's no-repeat n-gram, scanned as it does: the n-grams that
+    start inside the last ``window`` tokens (0: all) and continue the last
+    ``n - 1`` tokens, minus the whitelist."""
+    if len(tokens) < n:
+        return set()
+    prefix = tuple(tokens[len(tokens) - n + 1:]) if n > 1 else ()
+    start = max(0, len(tokens) - window) if window > 0 else 0
+    banned = set()
+    for i in range(start, len(tokens) - n + 1):
+        gram = tuple(tokens[i:i + n])
+        if gram[:-1] == prefix:
+            banned.add(gram[-1])
+    return banned - set(whitelist)
 
 
 def dry_penalty(tokens: Sequence[int], multiplier: float, base: float, allowed: int,

@@ -194,3 +194,26 @@ def test_breaker_count_is_bounded():
     assert len(parse_dry({"dry_multiplier": 1.0, "dry_sequence_breakers": ok}).sequence_breakers) == len(ok)
     with pytest.raises(ValueError, match="at most 32 breakers, got 33"):
         parse_dry({"dry_multiplier": 1.0, "dry_sequence_breakers": [*ok, "x"]})
+
+
+def test_ngram_window_and_whitelist() -> None:
+    p = parse_ngram({"no_repeat_ngram_size": 3, "no_repeat_ngram_window": 90, "no_repeat_ngram_whitelist": [7, 9, 7]})
+    assert (p.size, p.window, p.whitelist) == (3, 90, frozenset({7, 9}))
+    assert parse_ngram({"no_repeat_ngram_size": 3, "no_repeat_ngram_whitelist": "[1, 2]"}).whitelist == {1, 2}
+    assert parse_ngram({"no_repeat_ngram_size": 2}).window == 0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ({"no_repeat_ngram_window": 5}, "no_repeat_ngram_window is set but no_repeat_ngram_size is needed too"),
+    ({"no_repeat_ngram_size": 2, "no_repeat_ngram_window": -1}, "no_repeat_ngram_window must be an integer in [0,"),
+    ({"no_repeat_ngram_size": 2, "no_repeat_ngram_window": 2**31}, "no_repeat_ngram_window must be an integer in"),
+    ({"no_repeat_ngram_size": 2, "no_repeat_ngram_whitelist": [-1]}, "no_repeat_ngram_whitelist must be a list"),
+    ({"no_repeat_ngram_size": 2, "no_repeat_ngram_whitelist": ["a"]}, "no_repeat_ngram_whitelist must be a list"),
+    ({"no_repeat_ngram_size": 2, "no_repeat_ngram_whitelist": 5}, "no_repeat_ngram_whitelist must be a list"),
+    ({"no_repeat_ngram_size": 2, "no_repeat_ngram_whitelist": list(range(257))},
+     "no_repeat_ngram_whitelist may hold at most 256 token ids, got 257"),
+])
+def test_ngram_window_and_whitelist_invalid(args, message) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_ngram(args)
+    assert str(info.value).startswith(message), str(info.value)

@@ -12,7 +12,7 @@ import torch
 from conftest import needs_v1
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import dry_penalty, ngram_banned
+from reference import dry_penalty, ngram_banned, ngram_banned_window
 from test_runner_interfaces import VOCAB, Cfg, needs_v2, sp, v2_ctx, v2_state
 
 from vllm_plugin_core import compat
@@ -23,7 +23,11 @@ ALPHABET = 12
 
 
 def _ngram_args(draw) -> dict | None:
-    return draw(st.one_of(st.none(), st.builds(lambda n: {"no_repeat_ngram_size": n}, st.integers(1, 4))))
+    return draw(st.one_of(st.none(), st.builds(
+        lambda n, w, white: {"no_repeat_ngram_size": n, "no_repeat_ngram_window": w,
+                             "no_repeat_ngram_whitelist": white},
+        st.integers(1, 4), st.sampled_from([0, 0, 3, 6, 25, 60]),
+        st.lists(st.integers(0, ALPHABET - 1), max_size=2))))
 
 
 def _dry_args(draw) -> dict | None:
@@ -62,7 +66,11 @@ def _expected(kind: str, extra: dict | None, context: list[int]) -> torch.Tensor
     if extra is None:
         return row
     if kind == "ngram":
-        row[sorted(ngram_banned(context, extra["no_repeat_ngram_size"]))] = float("-inf")
+        n, w, white = extra["no_repeat_ngram_size"], extra["no_repeat_ngram_window"], extra["no_repeat_ngram_whitelist"]
+        banned = ngram_banned_window(context, n, w, white)
+        if w == 0 and not white:  # the whole context: as transformers' NoRepeatNGramLogitsProcessor
+            assert banned == ngram_banned(context, n)
+        row[sorted(banned)] = float("-inf")
     else:
         last_n = max(extra["dry_penalty_last_n"], 0)
         for t, p in dry_penalty(context, extra["dry_multiplier"], extra["dry_base"], extra["dry_allowed_length"],

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_XTC_THRESHOLD",
     "MAX_DRY_SEQUENCE_BREAKERS",
     "MAX_LENGTH_ARG",
+    "MAX_NGRAM_WHITELIST",
     "MIN_XTC_THRESHOLD",
     "DryParams",
     "NgramParams",
@@ -36,6 +37,8 @@ MAX_DRY_SEQUENCE_BREAKERS = 32  # bounds the work of resolving a set
 #: ``dry_allowed_length``, ``dry_penalty_last_n``): longer than any context a
 #: model serves, and far inside the int32 the engine keeps them in.
 MAX_LENGTH_ARG = 1 << 24
+#: Most token ids one ``no_repeat_ngram_whitelist`` may hold.
+MAX_NGRAM_WHITELIST = 256
 #: Smallest ``xtc_threshold``: at most ``1 / threshold`` tokens can reach it, so
 #: this bounds the ``top-k`` each XTC step takes to 1001.
 MIN_XTC_THRESHOLD = 0.001
@@ -43,9 +46,16 @@ MIN_XTC_THRESHOLD = 0.001
 
 @dataclass(frozen=True)
 class NgramParams:
-    """No-repeat n-gram: ban any token that would complete an n-gram seen before."""
+    """No-repeat n-gram: ban any token that would complete an n-gram seen before.
+
+    ``window``: only n-grams inside the last ``window`` context tokens count
+    (0: the whole context); ``whitelist``: token ids never banned (DeepSeek-OCR's
+    ``window_size`` and ``whitelist_token_ids``).
+    """
 
     size: int
+    window: int = 0
+    whitelist: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -129,12 +139,39 @@ def _breakers_field(name: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _token_ids_field(name: str, value: Any, most: int) -> frozenset[int]:
+    raw = value
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = None
+    if not isinstance(value, list | tuple) or not all(_is_int(v) and 0 <= v < 2**31 for v in value):
+        raise ValueError(f"{name} must be a list of token ids (integers in [0, 2**31)), got {raw!r}")
+    if len(value) > most:
+        raise ValueError(f"{name} may hold at most {most} token ids, got {len(value)}")
+    return frozenset(int(v) for v in value)
+
+
 def parse_ngram(extra_args: Mapping[str, Any] | None) -> NgramParams | None:
-    """Parse ``no_repeat_ngram_size`` (integer >= 1; absent or None = off)."""
-    value = _get(_args(extra_args), "no_repeat_ngram_size")
+    """Parse ``no_repeat_ngram_size`` (integer >= 1; absent or None = off),
+    ``no_repeat_ngram_window`` (0 = the whole context) and
+    ``no_repeat_ngram_whitelist`` (token ids that may repeat)."""
+    args = _args(extra_args)
+    value = _get(args, "no_repeat_ngram_size")
+    window = _get(args, "no_repeat_ngram_window")
+    whitelist = _get(args, "no_repeat_ngram_whitelist")
+    kwargs: dict[str, Any] = {}
+    if window is not _MISSING:
+        kwargs["window"] = _int_field("no_repeat_ngram_window", window, 0)
+    if whitelist is not _MISSING:
+        kwargs["whitelist"] = _token_ids_field("no_repeat_ngram_whitelist", whitelist, MAX_NGRAM_WHITELIST)
     if value is _MISSING:
+        if kwargs:
+            raise ValueError(f"{', '.join(f'no_repeat_ngram_{k}' for k in kwargs)} is set but "
+                             "no_repeat_ngram_size is needed too")
         return None
-    return NgramParams(size=_int_field("no_repeat_ngram_size", value, 1))
+    return NgramParams(size=_int_field("no_repeat_ngram_size", value, 1), **kwargs)
 
 
 def parse_dry(extra_args: Mapping[str, Any] | None) -> DryParams | None:

@@ -145,17 +145,66 @@ def _scatter_min_2d(target: torch.Tensor, index: torch.Tensor, valid: torch.Tens
     target.scatter_reduce_(-1, index, vals, reduce="amin", include_self=True)
 
 
-class NgramBatch(_Batch):
-    """No-repeat n-gram: ban ``t[j + 1]`` wherever ``match[j] >= n - 1``."""
+class TokenSets:
+    """Per-slot sets of token ids as rows of one ``[sets + 1, vocab]`` bool
+    table (row 0: the empty set), one row per distinct set; rows no slot uses
+    any more are dropped before the table outgrows the slots."""
 
-    def __init__(self, slots: int, device: torch.device) -> None:
+    def __init__(self, slots: int, vocab: int, device: torch.device) -> None:
+        self.vocab, self.device = vocab, device
+        self.table = torch.zeros((1, vocab), dtype=torch.bool, device=device)
+        self.rows: dict[frozenset[int], int] = {}
+        self.row_np = np.zeros(slots + 1, dtype=np.int64)
+        self.row = torch.zeros(slots + 1, dtype=torch.long, device=device)
+
+    def assign(self, slot: int, ids: frozenset[int]) -> None:
+        ids = frozenset(i for i in ids if i < self.vocab)
+        r = 0 if not ids else self.rows.get(ids)
+        if r is None:
+            if len(self.rows) + 1 >= len(self.row_np):
+                self._compact()
+            mask = torch.zeros((1, self.vocab), dtype=torch.bool, device=self.device)
+            mask[0, sorted(ids)] = True
+            self.table = torch.cat([self.table, mask])
+            r = self.rows[ids] = self.table.shape[0] - 1
+        self.row_np[slot] = r
+        self.row[slot] = r
+
+    def _compact(self) -> None:
+        used = set(self.row_np.tolist())
+        keep = [(ids, r) for ids, r in self.rows.items() if r in used]
+        remap = np.zeros(self.table.shape[0], dtype=np.int64)
+        for new, (_, r) in enumerate(keep, start=1):
+            remap[r] = new
+        self.table = torch.cat([self.table[:1], self.table[[r for _, r in keep]]]) if keep else self.table[:1]
+        self.rows = {ids: new for new, (ids, _) in enumerate(keep, start=1)}
+        self.row_np = remap[self.row_np]
+        self.row.copy_(torch.from_numpy(self.row_np))
+
+    def contains(self, slots: torch.Tensor | slice, tokens: torch.Tensor) -> torch.Tensor:
+        """[R, C] bool: ``tokens[r, c]`` is in slot ``slots[r]``'s set."""
+        inside = (tokens >= 0) & (tokens < self.vocab)
+        return inside & self.table[self.row[slots][:, None], tokens.long().clamp(0, self.vocab - 1)]
+
+
+class NgramBatch(_Batch):
+    """No-repeat n-gram: ban ``t[j + 1]`` wherever ``match[j] >= n - 1``, the
+    n-gram lies in the row's window (if any) and ``t[j + 1]`` is not whitelisted."""
+
+    def __init__(self, slots: int, device: torch.device, vocab: int) -> None:
         super().__init__(slots, device)
         self.need_len = torch.zeros(slots + 1, dtype=torch.int32, device=device)
+        self.whitelist = TokenSets(slots, vocab, device)
+        self.any_whitelist = False
 
-    def add(self, slot: int, n: int, tokens: torch.Tensor) -> None:
-        self.window[slot] = 0
+    def add(self, slot: int, n: int, tokens: torch.Tensor, window: int = 0,
+            whitelist: frozenset[int] = frozenset()) -> None:
+        self.window[slot] = window
+        self.last_n[slot] = window
         self.cap[slot] = n - 1
         self.need_len[slot] = n - 1
+        self.whitelist.assign(slot, whitelist)
+        self.any_whitelist |= bool(whitelist)
         self._write(slot, tokens, n - 1, n - 1)
 
     def penalize(self, logits: torch.Tensor, rows: torch.Tensor | slice, slots: torch.Tensor | slice,
@@ -164,7 +213,15 @@ class NgramBatch(_Batch):
         tok = self.bank.tok[slots, cols] if tok is None else tok
         match = self.bank.match[slots, cols] if match is None else match
         nxt = tok[:, 1:]
-        valid = (match[:, :-1] >= self.need_len[slots][:, None]) & (nxt >= 0)
+        need = self.need_len[slots][:, None]
+        valid = (match[:, :-1] >= need) & (nxt >= 0)
+        # A window of W: the n-gram ending at column j + 1 starts at j + 2 - n >= c - W.
+        c = tok.shape[1]
+        win = self.last_n[slots][:, None]
+        j = torch.arange(c - 1, device=tok.device)[None]
+        valid &= (win <= 0) | (j + 1 - need >= c - win)
+        if self.any_whitelist:
+            valid &= ~self.whitelist.contains(slots, nxt)
         if active is not None:
             valid &= active[:, None]
         self._scatter_min(logits, rows, nxt, valid, float("inf"))

@@ -388,13 +388,14 @@ class NoRepeatNgramLogitsProcessor(_SuffixProcessor):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.batch = NgramBatch(self.slots, self.device)
+        self.batch = NgramBatch(self.slots, self.device, self.vocab)
 
     def _slot_tensors(self) -> list[torch.Tensor]:
-        return [self.batch.cap, self.batch.need_len]
+        b = self.batch
+        return [b.cap, b.need_len, b.last_n, b.whitelist.row, b.whitelist.row_np]
 
     def _admit(self, slot: int, p: P.NgramParams, sampling_params: Any, tokens: torch.Tensor) -> None:
-        self.batch.add(slot, p.size, tokens)
+        self.batch.add(slot, p.size, tokens, p.window, p.whitelist)
 
 
 class DryLogitsProcessor(_SuffixProcessor):
