@@ -115,7 +115,7 @@ def test_v2_split_passes_on_logits_of_any_strides(how, digits_tokenizer):
     order = [2, 1, 3, 0]
     ctx = v2_ctx(v2, order, [0] * 4, [contexts[s][-1] for s in order], [lens[s] - 1 for s in order],
                  [lens[s] for s in order])
-    assert len(proc.batch.column_groups(ctx.idx_mapping_np)) == 2
+    assert len(proc.batch.column_groups(ctx.idx_mapping_np, proc.len_ub)) == 2
     logits, _ = _layout(torch.zeros(4, VOCAB), how)
     out = proc.apply(logits, ctx)
     assert out.data_ptr() == logits.data_ptr() and not proc.failures
@@ -223,7 +223,7 @@ def test_v2_apply_builds_no_tensor_from_host_data(cls, extras, spec, digits_toke
         class speculative_config:
             num_speculative_tokens = spec
 
-    req_states = v2_state(v2, torch.randint(0, VOCAB, (4, 64)), [3, 5, 8, 2], [3, 5, 8, 2])
+    req_states = v2_state(v2, torch.randint(0, VOCAB, (4, 64)), [30, 50, 40, 20], [30, 50, 40, 20])
     proc = cls(C, req_states)
     for slot in range(4):
         proc.add_request(slot, sp(**(MIXED[slot] if extras == "mixed_windows" else
@@ -290,3 +290,57 @@ def test_v2_memory_comes_back_when_a_long_request_leaves(cls, digits_tokenizer):
     assert proc.batch.bank.width == 512  # as growing to 301 tokens from scratch gives
     a, b = _elements(alone), _elements(both)
     assert b <= 1.2 * a, (a, b)
+
+
+@needs_v2
+@pytest.mark.parametrize("cls", [NoRepeatNgramLogitsProcessor, DryLogitsProcessor])
+def test_v2_chunked_prefill_keeps_the_whole_prompt(cls, digits_tokenizer):
+    """A long prompt prefilled in chunks: each partial step bounds only its
+    chunk, yet the row keeps the whole admitted prompt (the bank once shrank
+    to the chunk and lost the prompt's start)."""
+    from reference import dry_penalty, ngram_banned
+
+    v2 = compat.v2_logits_interface()
+    rng = random.Random(0)
+    prompt = [7, 8, 9] + [rng.randrange(0, 5) for _ in range(3000)] + [7, 8]
+    n = len(prompt)
+    tokens = torch.zeros(1, 4096, dtype=torch.long)
+    tokens[0, :n] = torch.tensor(prompt)
+    proc = cls(Cfg, v2_state(v2, tokens, [n], [n]))
+    extra = {"no_repeat_ngram_size": 3} if cls is NoRepeatNgramLogitsProcessor else {"dry_multiplier": 1.0}
+    proc.add_request(0, sp(**extra))
+    proc.apply_staged_writes()
+    for done in range(512, n, 512):  # partial chunks: logits computed, then discarded by the runner
+        proc.apply(torch.zeros(1, VOCAB), v2_ctx(v2, [0], [0], [prompt[done - 1]], [done - 1], [done]))
+    got = proc.apply(torch.zeros(1, VOCAB), v2_ctx(v2, [0], [0], [prompt[-1]], [n - 1], [n]))[0]
+    want = torch.zeros(VOCAB)
+    if cls is NoRepeatNgramLogitsProcessor:
+        want[sorted(ngram_banned(prompt, 3))] = float("-inf")
+    else:
+        for t, p in dry_penalty(prompt, 1.0, 1.75, 2, set()).items():
+            want[t] -= p
+    assert want[9] != 0 and torch.equal(got, want)
+
+
+@needs_v2
+def test_v2_a_window_longer_than_the_context_is_the_whole_context(digits_tokenizer):
+    """dry_penalty_last_n = 2**24 (legal, longer than any context) runs with
+    the whole-context rows: the windowed rows beside it keep their narrow pass."""
+    v2 = compat.v2_logits_interface()
+
+    def cost(extras):
+        n = len(extras)
+        tokens = torch.tensor([[s % VOCAB, 3] * 1000 for s in range(n)])
+        proc = DryLogitsProcessor(Cfg, v2_state(v2, tokens, [2000] * n, [2000] * n))
+        for s, e in enumerate(extras):
+            proc.add_request(s, sp(**e))
+        proc.apply_staged_writes()
+        ctx = v2_ctx(v2, list(range(n)), [0] * n, [3] * n, [1999] * n, [2000] * n)
+        logits = torch.zeros(n, VOCAB)
+        proc.apply(logits, ctx)
+        return _elements(lambda: proc.apply(logits, ctx))
+
+    windowed = [{"dry_multiplier": 1.0, "dry_penalty_last_n": 8}] * 15
+    whole = cost([{"dry_multiplier": 1.0}, *windowed])
+    huge = cost([{"dry_multiplier": 1.0, "dry_penalty_last_n": 2**24}, *windowed])
+    assert huge <= 1.05 * whole, (huge, whole)

@@ -38,6 +38,9 @@ class _Batch:
         self.cap = torch.zeros(slots + 1, dtype=torch.int32, device=device)
         self.window = np.zeros(slots + 1, dtype=np.int64)  # host: tokens a row needs (0 = all)
         self.last_n = torch.zeros(slots + 1, dtype=torch.int32, device=device)  # device mirror of window
+        # Whether a row runs in the windowed pass (host, and its device mirror for the V2 split).
+        self.narrow_np = np.zeros(slots + 1, dtype=bool)
+        self.narrow = torch.zeros(slots + 1, dtype=torch.int8, device=device)
 
     def need(self, slot: int, length: int) -> int:
         w = int(self.window[slot])
@@ -50,25 +53,38 @@ class _Batch:
         w, n = self.window[slots], length[slots]
         return int(max((np.where(w > 0, np.minimum(n, w), n) + 1).max(), TAIL_COLS))
 
-    def column_groups(self, slots: np.ndarray) -> list[tuple[np.ndarray | None, slice]]:
-        """Split the rows of a step (``slots``, host) by the bank columns they need.
+    def column_groups(self, slots: np.ndarray, length: np.ndarray) -> list[tuple[np.ndarray | None, slice]]:
+        """Split the rows of a step (``slots``, host; ``length[slot]``, host upper
+        bounds of their lengths) by the bank columns they need.
 
-        A row with a window (``dry_penalty_last_n``) reads and updates only the
-        last ``max(window + 1, TAIL_COLS)`` columns; the others are never read
-        for it again (its window is fixed at admission), so a step's work stays
-        bounded by the windows even beside whole-context rows. Returns
+        Whole-context rows read and update the last ``max(length) + 1`` columns
+        of this step's rows (never the width a longer request elsewhere in the
+        bank asked for). A row with a window (``dry_penalty_last_n``,
+        ``no_repeat_ngram_window``) shorter than its context reads and updates
+        only the last ``max(window + 1, TAIL_COLS)`` columns; the others are
+        never read for it again (its window is fixed at admission). A window at
+        least as long as the context counts as the whole context. Returns
         ``(positions, columns)`` pairs: ``positions`` into ``slots`` (None: all
-        rows), whole-context rows first.
+        rows), whole-context rows first; :attr:`narrow` (device) mirrors the split.
         """
-        w = self.window[slots]
-        bounded = w > 0
-        if not bounded.any():
-            return [(None, slice(None))]
+        w, n = self.window[slots], length[slots]
+        bounded = (w > 0) & (w < n)
+        changed = slots[bounded != self.narrow_np[slots]]
+        for s in changed.tolist():  # rows whose group changed: at admission, and once when they outgrow their window
+            self.narrow_np[s] = not self.narrow_np[s]
+            self.narrow[s:s + 1].fill_(int(self.narrow_np[s]))  # a scalar kernel argument, no copy
         c = self.bank.width
-        narrow = slice(c - min(c, max(int(w[bounded].max()) + 1, TAIL_COLS)), None)
-        if bounded.all():
+
+        def last(k: int) -> slice:
+            return slice(c - min(c, max(k, TAIL_COLS)), None)
+
+        whole = last(int(n[~bounded].max()) + 1) if not bounded.all() else None
+        narrow = last(int(w[bounded].max()) + 1) if bounded.any() else None
+        if narrow is None:
+            return [(None, whole)]
+        if whole is None:
             return [(None, narrow)]
-        return [(np.flatnonzero(~bounded), slice(None)), (np.flatnonzero(bounded), narrow)]
+        return [(np.flatnonzero(~bounded), whole), (np.flatnonzero(bounded), narrow)]
 
     def reset_mask(self, tok: torch.Tensor, rows_slot: torch.Tensor) -> torch.Tensor | None:
         return None

@@ -269,16 +269,11 @@ class _SuffixProcessor(_SamplerProcessor):
     def _move(self, a: int, b: int, swap: bool) -> None:
         bank = self.batch.bank
         bank.move(a, b, swap)
-        for t in self._slot_tensors():
+        for t in [*self._slot_tensors(), self.batch.window, self.batch.narrow, self.batch.narrow_np]:
             if swap:
                 t[[a, b]] = t[[b, a]]
             else:
                 t[b] = t[a]
-        w = self.batch.window
-        if swap:
-            w[[a, b]] = w[[b, a]]
-        else:
-            w[b] = w[a]
 
     def _slot_tensors(self) -> list[torch.Tensor]:
         return [self.batch.cap]
@@ -287,7 +282,9 @@ class _SuffixProcessor(_SamplerProcessor):
         rows, new = self._v1_new_tokens()
         b = self.batch
         b.bank.fit_width(max(b.need(r, int(self.rows[r][2])) for r in rows))
-        groups = b.column_groups(np.asarray(rows))
+        seen = np.zeros(self.slots + 1, dtype=np.int64)
+        seen[rows] = [self.rows[r][2] for r in rows]
+        groups = b.column_groups(np.asarray(rows), seen)
         for pick, cols in groups:  # at most 2: whole-context rows, then windowed rows
             if pick is None:
                 self._append_penalize_v1(logits, rows, new, cols)
@@ -318,9 +315,11 @@ class _SuffixProcessor(_SamplerProcessor):
         slots_on = reqs[on]
         # Host-side upper bounds of the active requests' lengths (this step's
         # requests only are refreshed; the others keep their last bound).
-        self.len_ub[slots_on] = ctx.seq_lens_upper_bound_np[on] + self.num_spec
+        # Never lowered while a request lives: a chunked prefill's step bounds
+        # only its chunk, while the row holds the whole admitted prompt.
+        self.len_ub[slots_on] = np.maximum(self.len_ub[slots_on], ctx.seq_lens_upper_bound_np[on] + self.num_spec)
         b.bank.fit_width(b.need_all(np.flatnonzero(self.active_np), self.len_ub))
-        groups = b.column_groups(slots_on)
+        groups = b.column_groups(slots_on, self.len_ub)
         n_req = len(reqs)
         # Rows per request, where the host can tell: 1, or 1 + num_spec for all.
         per = logits.shape[0] // n_req if logits.shape[0] in (n_req, n_req * (1 + self.num_spec)) else 0
@@ -334,7 +333,7 @@ class _SuffixProcessor(_SamplerProcessor):
             # rows of requests without the sampler (never touched). The host
             # knows each group's size, so the split needs no sync and no copy.
             slot = ctx.expanded_idx_mapping.long()
-            key = 2 - self.active[slot].to(torch.int8) * (2 - (b.last_n[slot] > 0).to(torch.int8))
+            key = 2 - self.active[slot].to(torch.int8) * (2 - b.narrow[slot])
             order = torch.argsort(key, stable=True)
             start = 0
             for pick, cols in groups:
