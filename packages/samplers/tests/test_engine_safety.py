@@ -10,7 +10,6 @@ import random
 
 import pytest
 import torch
-from conftest import needs_v1
 from test_runner_interfaces import (
     ARGS,
     MIXED,
@@ -19,6 +18,7 @@ from test_runner_interfaces import (
     _dry_rows,
     _elements,
     _no_sync_mode,
+    needs_v1,
     needs_v2,
     sp,
     v2_ctx,
@@ -344,3 +344,32 @@ def test_v2_a_window_longer_than_the_context_is_the_whole_context(digits_tokeniz
     whole = cost([{"dry_multiplier": 1.0}, *windowed])
     huge = cost([{"dry_multiplier": 1.0, "dry_penalty_last_n": 2**24}, *windowed])
     assert huge <= 1.05 * whole, (huge, whole)
+
+
+def test_dry_never_writes_nan(digits_tokenizer):
+    """A multiplier that rounds to 0 in float32 times a factor that rounded up
+    to inf gave NaN (hostile review); a tiny one gave -inf for a finite penalty."""
+    BatchUpdate, _ = compat.batch_update_types() if compat.v1_logits_interface() else (None, None)
+    if BatchUpdate is None:
+        pytest.skip("V1 interface: vLLM 0.34+ has none; the V2 path shares DryBatch.penalize")
+    for mult in (1e-50, 1e-30):
+        proc = DryLogitsProcessor(Cfg, torch.device("cpu"), False)
+        extra = {"dry_multiplier": mult, "dry_base": 1.844674396604515e19, "dry_allowed_length": 1}
+        proc.update_state(BatchUpdate(batch_size=1, removed=[], moved=[],
+                                      added=[(0, sp(**extra), [1, 2, 3] * 20 + [1, 2], [])]))
+        out = proc.apply(torch.zeros(1, VOCAB))
+        assert torch.isfinite(out).all(), (mult, out)
+        assert (out[0, 3] < 0) == (mult > 1e-45), (mult, out)
+
+
+@pytest.mark.parametrize("seed", [2**63, 2**64 - 1, -(2**63)])
+def test_xtc_takes_any_integer_seed(seed, digits_tokenizer):
+    if not compat.v1_logits_interface():
+        pytest.skip("V1 interface: vLLM 0.34+ has none; admission is shared with V2")
+    from vllm import SamplingParams
+
+    BatchUpdate, _ = compat.batch_update_types()
+    proc = XtcLogitsProcessor(Cfg, torch.device("cpu"), False)
+    params = SamplingParams(extra_args={"xtc_probability": 1.0}, seed=seed)
+    proc.update_state(BatchUpdate(batch_size=1, removed=[], moved=[], added=[(0, params, [1], [])]))
+    assert not proc.failures and proc.rows

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import needs_v1
+from test_runner_interfaces import needs_v1
 
 from vllm_plugin_samplers.front_end import active_sampler_args, refusal
 

@@ -217,3 +217,17 @@ def test_ngram_window_and_whitelist_invalid(args, message) -> None:
     with pytest.raises(ValueError) as info:
         parse_ngram(args)
     assert str(info.value).startswith(message), str(info.value)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("[" * 100_000, "dry_sequence_breakers may be at most 16384 characters of JSON"),
+    ("[" * 5000, "dry_sequence_breakers is nested too deeply"),
+    (["\ud800"], "dry_sequence_breakers must be valid Unicode text (no lone surrogates)"),
+    (["a\x00"], "dry_sequence_breakers may not contain NUL characters"),
+])
+def test_hostile_breakers_are_value_errors(value, message) -> None:
+    """Found by a hostile review: a RecursionError (HTTP 500), and strings the
+    vocabulary index cannot hold (NUL matched every token)."""
+    with pytest.raises(ValueError) as info:
+        parse_dry({"dry_multiplier": 1.0, "dry_sequence_breakers": value})
+    assert str(info.value).startswith(message), str(info.value)

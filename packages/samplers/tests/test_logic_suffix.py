@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import needs_v1
+from test_runner_interfaces import needs_v1
 
 from vllm_plugin_samplers.breakers import Resolver, resolve_breakers
 from vllm_plugin_samplers.params import DryParams

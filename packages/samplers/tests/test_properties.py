@@ -9,11 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import needs_v1
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import dry_penalty, ngram_banned, ngram_banned_window
-from test_runner_interfaces import VOCAB, Cfg, needs_v2, sp, v2_ctx, v2_state
+from test_runner_interfaces import VOCAB, Cfg, needs_v1, needs_v2, sp, v2_ctx, v2_state
 
 from vllm_plugin_core import compat
 from vllm_plugin_samplers.breakers import Resolver

@@ -116,16 +116,30 @@ def _int_field(name: str, value: Any, minimum: int, maximum: int = MAX_LENGTH_AR
     return int(value)
 
 
+#: Longest JSON text a list argument may be given as (32 breakers of 40 characters, escaped, fit).
+MAX_JSON_CHARS = 16384
+
+
+def _json(name: str, text: str) -> Any:
+    """``json.loads`` of a bounded text; nesting too deep is a ValueError naming ``name``."""
+    if len(text) > MAX_JSON_CHARS:
+        raise ValueError(f"{name} may be at most {MAX_JSON_CHARS} characters of JSON, got {len(text)}")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{name} is nested too deeply") from None
+
+
 def _breakers_field(name: str, value: Any) -> tuple[str, ...]:
     form = ("a list of non-empty strings, a JSON string of such a list, or text-generation-webui's "
             'comma-separated quoted strings (\'"\\n", ":", "*"\')')
     raw = value
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = _json(name, value)
         except json.JSONDecodeError:
             try:  # webui: the list's items without the brackets
-                value = json.loads(f"[{value}]") or None
+                value = _json(name, f"[{value}]") or None
             except json.JSONDecodeError:
                 raise ValueError(f"{name} must be {form}, got {raw!r}") from None
         if isinstance(value, str):  # a single quoted string
@@ -136,6 +150,13 @@ def _breakers_field(name: str, value: Any) -> tuple[str, ...]:
         raise ValueError(f"{name} must be {form}, got {raw!r}")
     if len(value) > MAX_DRY_SEQUENCE_BREAKERS:
         raise ValueError(f"{name} may hold at most {MAX_DRY_SEQUENCE_BREAKERS} breakers, got {len(value)}")
+    for s in value:
+        if "\x00" in s:
+            raise ValueError(f"{name} may not contain NUL characters, got {s!r}")
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{name} must be valid Unicode text (no lone surrogates), got {s!r}") from None
     return tuple(value)
 
 
@@ -143,7 +164,7 @@ def _token_ids_field(name: str, value: Any, most: int) -> frozenset[int]:
     raw = value
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = _json(name, value)
         except json.JSONDecodeError:
             value = None
     if not isinstance(value, list | tuple) or not all(_is_int(v) and 0 <= v < 2**31 for v in value):

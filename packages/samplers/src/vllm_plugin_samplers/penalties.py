@@ -23,6 +23,7 @@ __all__ = ["DryBatch", "NgramBatch"]
 
 _FLOAT32_MAX_LOG = 88.7228391  # ln(float32 max), as in llama.cpp
 _NO_CAP = 2**30
+_EXP_ARG_MAX = 88.0
 # Columns a row with a window always keeps up to date: its window, and at
 # least what the multi-token breaker check reads (the longest tail + 1).
 TAIL_COLS = MAX_TAIL + 2
@@ -367,5 +368,7 @@ class DryBatch(_Batch):
         if active is not None:
             valid &= active[:, None]
         exp = torch.minimum((length - allowed).float(), self.max_exp[slots][:, None])
-        pen = self.mult[slots][:, None] * torch.exp(exp * self.log_base[slots][:, None])
+        # exp(88) < float32's largest: the factor stays finite, so a multiplier that
+        # rounds to 0 gives 0, never 0 * inf = NaN (the clamp in float64 can round up).
+        pen = self.mult[slots][:, None] * torch.exp((exp * self.log_base[slots][:, None]).clamp_(max=_EXP_ARG_MAX))
         self._scatter_min(logits, rows, nxt, valid, pen.to(logits.dtype))

@@ -463,6 +463,7 @@ class XtcLogitsProcessor(_SamplerProcessor):
         seed = getattr(sampling_params, "seed", None)
         if seed is None:
             seed = int(self._rng.integers(-(2**63), 2**63 - 1))
+        seed = (int(seed) + 2**63) % 2**64 - 2**63  # any integer seed, folded into int64
         self.threshold_np[slot] = p.threshold
         self.threshold[slot] = p.threshold
         self.probability[slot] = p.probability
