@@ -179,13 +179,29 @@ def test_distinct_breaker_sets_have_bounded_tables():
     batch.set_breakers(1, BreakerSet(frozenset({7})))
     for k in range(20):
         batch.set_breakers(0, BreakerSet(frozenset({10 + k})))
-    assert len(batch._sets) <= 4 and batch.single.shape[0] <= 5
+    # Unused sets are dropped once they are as many as the used ones (at least 8).
+    assert len(batch._sets) <= 2 + 8 + 1 and batch.single.shape[0] <= 12
     assert batch.single[batch.set_idx[1], 7] and not batch.single[batch.set_idx[1], 29]
     assert batch.single[batch.set_idx[0], 29]
     resolver = Resolver([str(i) for i in range(50)])
     for k in range(300):
         resolver((f"{k}x",))
     assert len(resolver._cache) == Resolver.max_sets
+
+
+def test_sets_of_requests_that_left_are_dropped():
+    """Hostile review: finished requests' breaker sets (and their tails, walked
+    every step) were kept until more sets than slots existed. A released slot
+    no longer holds its set, and held sets stay within 8 + twice the live ones."""
+    from vllm_plugin_samplers.breakers import BreakerSet
+
+    batch = DryBatch(64, torch.device("cpu"), 50)
+    batch.set_breakers(5, BreakerSet(frozenset({7})))
+    for k in range(40):  # one request after another in slot 0, each with its own set
+        batch.set_breakers(0, BreakerSet(frozenset({10 + k % 40})))
+        batch.release(0)
+    assert len(batch._sets) <= 8 + 2 * 1 + 1, len(batch._sets)
+    assert batch.single[batch.set_idx[5], 7]  # the live request keeps its set
 
 
 def test_wire_round_trip_gives_the_same_set():

@@ -267,12 +267,22 @@ class DryBatch(_Batch):
         """Point ``slot`` at the device tables of breaker set ``bs`` (added once)."""
         idx = self._sets.get(bs)
         if idx is None:
-            if len(self._sets) > self.slots:  # bounded: keep only the sets slots still use
-                self._rebuild({b for b, i in self._sets.items() if i in set(self.set_np.tolist())})
+            # Sets no live request uses are dropped once they are as many as
+            # the used ones (at least 8): every step walks the held sets' tails,
+            # and a rebuild costs all held tables, so it is amortised.
+            used = set(self.set_np.tolist()) - {0}
+            if len(self._sets) - len(used) >= max(8, len(used)):
+                self._rebuild({b for b, i in self._sets.items() if i in used})
             idx = self._sets[bs] = len(self._sets) + 1
             self._add_tables(bs, idx)
         self.set_idx[slot] = idx
         self.set_np[slot] = idx
+
+    def release(self, slot: int) -> None:
+        """The request in ``slot`` left: its breaker set no longer counts as used."""
+        if self.set_np[slot]:
+            self.set_np[slot] = 0
+            self.set_idx[slot:slot + 1].fill_(0)
 
     def _add_tables(self, bs: BreakerSet, idx: int) -> None:
         row = torch.zeros((1, self.vocab), dtype=torch.bool, device=self.device)

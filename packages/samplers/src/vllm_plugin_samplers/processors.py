@@ -128,6 +128,11 @@ class _SamplerProcessor(*compat.logits_processor_bases("vllm-plugin-samplers")):
     def _set_active(self, slot: int, on: bool) -> None:
         self.active_np[slot] = on
         self.active[slot] = on
+        if not on:
+            self._release(slot)
+
+    def _release(self, slot: int) -> None:
+        """A request left ``slot`` (or never used the sampler there): free what it held."""
 
     # ---- V1 model runner ----
     def update_state(self, batch_update: Any) -> None:
@@ -227,6 +232,7 @@ class _SamplerProcessor(*compat.logits_processor_bases("vllm-plugin-samplers")):
         """Turn off the slots staged off; return (and clear) the staged admissions."""
         for slot in getattr(self, "_staged_off", ()):
             self.active[slot] = False
+            self._release(slot)
         self._staged_off = set()
         staged, self._staged = self._staged, []
         return staged
@@ -416,6 +422,9 @@ class DryLogitsProcessor(_SuffixProcessor):
     def _slot_tensors(self) -> list[torch.Tensor]:
         b = self.batch
         return [b.cap, b.mult, b.log_base, b.max_exp, b.allowed, b.last_n, b.set_idx, b.set_np]
+
+    def _release(self, slot: int) -> None:
+        self.batch.release(slot)
 
     def _admit(self, slot: int, p: P.DryParams, sampling_params: Any, tokens: torch.Tensor) -> None:
         self.batch.set_breakers(slot, self._breakers(p, sampling_params))
