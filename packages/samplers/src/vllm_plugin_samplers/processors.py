@@ -528,6 +528,6 @@ class XtcLogitsProcessor(_SamplerProcessor):
             slot, target, pos = slot[rows], logits[rows], ctx.pos[rows]
         position = pos.long() + 1 - self.req_states.prompt_len.gpu[slot].long()
         act = self.active[slot] & (coin(self.seed[slot], position) < self.probability[slot])
-        xtc_apply(target, self.threshold[slot], act, k)
-        if rows is not None:
-            logits[rows] = target
+        idx, new = xtc_apply(target, self.threshold[slot], act, k)
+        if rows is not None:  # write back only the k columns XTC may change
+            logits[rows[:, None], idx] = new

@@ -40,10 +40,12 @@ def top_k_for(threshold: float, vocab: int) -> int:
     return max(1, min(vocab, int(1.0 / threshold) + 1))
 
 
-def xtc_apply(logits: torch.Tensor, threshold: torch.Tensor, act: torch.Tensor, k: int) -> None:
+def xtc_apply(logits: torch.Tensor, threshold: torch.Tensor, act: torch.Tensor,
+              k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """XTC in place on every row of ``logits`` where ``act`` [R] is True.
 
     ``threshold`` [R]; ``k`` >= ``top_k_for`` of the smallest threshold.
+    Returns the ``[R, k]`` columns it may have written and their new values.
     """
     vals, idx = torch.topk(logits, k, dim=-1)
     top = vals[:, :1].float()
@@ -57,7 +59,9 @@ def xtc_apply(logits: torch.Tensor, threshold: torch.Tensor, act: torch.Tensor, 
     big = torch.iinfo(idx.dtype).max
     keep_id = torch.where(cand, idx, big).amin(-1, keepdim=True)
     drop = above & (idx != keep_id) & (above.sum(-1, keepdim=True) >= 2) & act[:, None]
-    logits.scatter_(1, idx, vals.masked_fill(drop, float("-inf")))
+    new = vals.masked_fill(drop, float("-inf"))
+    logits.scatter_(1, idx, new)
+    return idx, new
 
 
 def _fmix(h: torch.Tensor) -> torch.Tensor:
