@@ -23,14 +23,7 @@ import time
 import types
 
 import torch
-
-
-def timed(fn, steps: int) -> float:
-    fn()  # warm-up
-    t = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - t) / steps * 1000
+from _bench import digits_vocabulary, timed
 
 
 def rss() -> int:
@@ -41,9 +34,7 @@ def rss() -> int:
 def main() -> None:
     from vllm import SamplingParams
 
-    import vllm_plugin_samplers.processors as mod
     from vllm_plugin_core import compat
-    from vllm_plugin_samplers.breakers import Resolver
     from vllm_plugin_samplers.processors import (
         DryLogitsProcessor,
         NoRepeatNgramLogitsProcessor,
@@ -55,9 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     batch, vocab, ctx = (32, 32_000, 1024) if args.quick else (256, 152_000, 4096)
     admit_len = 8192 if args.quick else 32768
-    # No model here: a vocabulary of digit strings stands in for the tokenizer.
-    resolver = Resolver([str(i) for i in range(vocab)])
-    mod.make_resolver = lambda cfg: resolver
+    digits_vocabulary(vocab)
     config = types.SimpleNamespace(
         model_config=types.SimpleNamespace(seed=0, get_vocab_size=lambda: vocab),
         scheduler_config=types.SimpleNamespace(max_num_seqs=batch), speculative_config=None)

@@ -21,14 +21,7 @@ import types
 
 import numpy as np
 import torch
-
-
-def timed(fn, steps: int) -> float:
-    fn()  # warm-up
-    t = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - t) / steps * 1000
+from _bench import digits_vocabulary, timed
 
 
 def bytes_allocated(fn) -> int:
@@ -54,8 +47,6 @@ def main() -> None:
     from vllm import SamplingParams
     from vllm.v1.worker.gpu.sample.logits_processor import interface as v2
 
-    import vllm_plugin_samplers.processors as mod
-    from vllm_plugin_samplers.breakers import Resolver
     from vllm_plugin_samplers.processors import (
         DryLogitsProcessor,
         NoRepeatNgramLogitsProcessor,
@@ -67,8 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     vocab, long_len, short_len = (32_000, 8_192, 512) if args.quick else (152_000, 60_000, 512)
     steps = 5 if args.quick else 10
-    resolver = Resolver([str(i) for i in range(vocab)])
-    mod.make_resolver = lambda cfg: resolver
+    digits_vocabulary(vocab)
 
     class Cfg:
         speculative_config = None
