@@ -85,7 +85,7 @@ def main() -> int:
               "(fetched from the directory store on first use)")
         try:
             client.completions.create(model="tiny", prompt=prompt, max_tokens=4,
-                                      extra_body={"vllm_xargs": {"xtc_threshold": 0.9, "xtc_probability": 1}})
+                                      extra_body={"vllm_xargs": {"dry_multiplier": 1.0, "dry_allowed_length": 2**31}})
         except openai.BadRequestError as err:
             print(f"[demo] samplers  bad argument -> HTTP {err.status_code}: {err.message[:120]}")
         time.sleep(1.5)

@@ -66,7 +66,7 @@ def load_with_vllm(dist: str) -> dict[str, dict[str, Any]]:
 SAMPLER_CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "no_repeat_ngram": ({"no_repeat_ngram_size": 3}, {"no_repeat_ngram_size": 0}),
     "dry": ({"dry_multiplier": 0.8, "dry_base": 1.75}, {"dry_multiplier": -1}),
-    "xtc": ({"xtc_threshold": 0.1, "xtc_probability": 0.5}, {"xtc_threshold": 0.9, "xtc_probability": 0.5}),
+    "xtc": ({"xtc_threshold": 0.1, "xtc_probability": 0.5}, {"xtc_threshold": 1.5, "xtc_probability": 0.5}),
 }
 
 
