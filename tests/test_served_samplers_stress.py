@@ -1,11 +1,16 @@
 """vllm-plugin-samplers under a seeded, randomized, concurrent mix on the
 shared server: the three samplers with vLLM's own sampling parameters
 (temperature, top-k/p, min-p, penalties, ``logit_bias``, ``min_tokens``, stop
-ids, seeds, ``n``, logprobs), LoRA and plain requests, and a few hostile
-arguments, all at once. Properties, not outputs: no 5xx, hostile arguments a
-400 naming the field, the server alive, no failure contained inside the
-engine, no n-gram ever repeated, and each seeded greedy request equal to
-itself run alone (up to a near-tie of the logits)."""
+ids, seeds, ``n``, logprobs), plain requests, and a few hostile arguments, all
+at once. Properties, not outputs: no 5xx, hostile arguments a 400 naming the
+field, the server alive, no failure contained inside the engine, no n-gram
+ever repeated, and each seeded greedy request equal to itself run alone (up
+to a near-tie of the logits). A second round mixes in LoRA requests (the
+original crash: DRY beside LoRA) and checks everything but the greedy
+equality: once an adapter has run, vLLM can compute a base-model request
+with the adapter's deltas (see ``tests/conftest.py``), so this module runs
+before any test that loads one, and base outputs are compared only before
+its own LoRA round."""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import random
 import openai
 import pytest
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.before_adapters]
 
 SEED = int(os.environ.get("VLLM_PLUGINS_STRESS_SEED", "20261206"))
 REQUESTS = 64
@@ -54,11 +59,12 @@ def _sampler_args(rng: random.Random) -> dict:
     return xargs
 
 
-def _request(rng: random.Random, vocab: int) -> dict:
-    """One request: prompt ids of unequal lengths, vLLM's parameters and the samplers'."""
+def _request(rng: random.Random, vocab: int, lora: bool = False) -> dict:
+    """One request: prompt ids of unequal lengths, vLLM's parameters and the
+    samplers'; with ``lora``, some for the adapter ``good``."""
     greedy = rng.random() < 0.5
     req: dict = {
-        "model": "good" if rng.random() < 0.15 else "tiny",
+        "model": "good" if lora and rng.random() < 0.3 else "tiny",
         "prompt": [rng.randrange(3, vocab) for _ in range(rng.choice([1, 3, 17, 64, 200, 700]))],
         "max_tokens": rng.randint(2, 32),
         "temperature": 0.0 if greedy else rng.choice([0.5, 1.0, 1.5]),
@@ -117,10 +123,10 @@ def _send(client, req: dict):
         return err
 
 
-def test_randomized_concurrent_mix_keeps_every_property(openai_client, shared_server, tiny_causal_lm):
-    vocab = json.loads((tiny_causal_lm / "config.json").read_text())["vocab_size"]
-    rng = random.Random(SEED)
-    reqs = [_request(rng, vocab) for _ in range(REQUESTS)]
+def _round(openai_client, shared_server, rng: random.Random, vocab: int, lora: bool) -> tuple[list, list]:
+    """One concurrent round with hostile arguments mixed in; checks every
+    property but the greedy equality and returns (requests, results)."""
+    reqs = [_request(rng, vocab, lora) for _ in range(REQUESTS)]
     hostile_at = rng.sample(range(REQUESTS), len(HOSTILE))
     for (field, xargs), i in zip(HOSTILE, hostile_at, strict=True):
         reqs[i] = {**reqs[i], "extra_body": {**reqs[i]["extra_body"], "vllm_xargs": xargs}, "_field": field}
@@ -153,10 +159,17 @@ def test_randomized_concurrent_mix_keeps_every_property(openai_client, shared_se
     log = shared_server.log_text()[log_before:]
     assert "vllm-plugin-samplers:" not in log or " failed in " not in log, log[-3000:]
     assert "EngineCore" not in log or "Traceback" not in log, log[-3000:]
+    return reqs, results
+
+
+def test_randomized_concurrent_mix_keeps_every_property(openai_client, shared_server, tiny_causal_lm):
+    vocab = json.loads((tiny_causal_lm / "config.json").read_text())["vocab_size"]
+    rng = random.Random(SEED)
+    reqs, results = _round(openai_client, shared_server, rng, vocab, lora=False)
 
     # Seeded greedy requests: each equals itself alone, up to a near-tie.
     checked = 0
-    for req, res in zip(reqs, results, strict=True):
+    for i, (req, res) in enumerate(zip(reqs, results, strict=True)):
         if req.get("_field") or req["temperature"] != 0 or "seed" not in req or req["logprobs"] < 2:
             continue
         alone = openai_client.completions.create(**req)
@@ -164,11 +177,14 @@ def test_randomized_concurrent_mix_keeps_every_property(openai_client, shared_se
         for k, (x, y) in enumerate(zip(_ids(a.tokens), _ids(b.tokens), strict=False)):
             if x != y:  # both tokens' logprobs in the batched run must be a near-tie
                 top = {int(t.split(":")[1]): lp for t, lp in a.top_logprobs[k].items()}
-                assert y in top and abs(top[x] - top[y]) <= NEAR_TIE, (k, _ids(a.tokens), _ids(b.tokens), top)
+                assert y in top and abs(top[x] - top[y]) <= NEAR_TIE, (i, req, k, _ids(a.tokens), _ids(b.tokens), top)
                 break
         else:
             assert len(a.tokens) == len(b.tokens)
         checked += 1
     assert checked >= 3, f"only {checked} seeded greedy requests to compare; change VLLM_PLUGINS_STRESS_SEED"
-    print(f"\nseed {SEED}: {REQUESTS} requests ({CONCURRENCY} at a time), {len(HOSTILE)} hostile, "
-          f"{checked} greedy ones equal to themselves alone")
+
+    # The same properties, LoRA requests mixed in (the issue's crash: DRY beside LoRA or n-gram).
+    _round(openai_client, shared_server, rng, vocab, lora=True)
+    print(f"\nseed {SEED}: 2 rounds of {REQUESTS} requests ({CONCURRENCY} at a time, the second with LoRA), "
+          f"{len(HOSTILE)} hostile each, {checked} greedy ones equal to themselves alone")
