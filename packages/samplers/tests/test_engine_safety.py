@@ -23,6 +23,7 @@ from test_runner_interfaces import (
     sp,
     v2_ctx,
     v2_state,
+    v2_step,
 )
 
 from vllm_plugin_core import compat
@@ -240,22 +241,6 @@ def test_v2_apply_builds_no_tensor_from_host_data(cls, extras, spec, digits_toke
     assert not proc.failures
 
 
-def _v2_isolation_step(cls, extras, upper):
-    """One V2 step of requests ``extras`` (None: no sampler) whose length upper
-    bounds are ``upper``; returns (processor, the step as a callable)."""
-    v2 = compat.v2_logits_interface()
-    n = len(extras)
-    tokens = torch.tensor([[s % VOCAB, 3] * 150 for s in range(n)])
-    req_states = v2_state(v2, tokens, [300] * n, [300] * n)
-    proc = cls(Cfg, req_states)
-    for s, e in enumerate(extras):
-        proc.add_request(s, sp(**(e or {})))
-    proc.apply_staged_writes()
-    ctx = v2_ctx(v2, list(range(n)), [0] * n, [3] * n, [u - 1 for u in upper], upper)
-    logits = torch.zeros(n, VOCAB)
-    return proc, ctx, lambda: proc.apply(logits, ctx)
-
-
 @needs_v2
 @pytest.mark.parametrize("cls", CLASSES)
 def test_v2_a_request_without_the_sampler_costs_nothing(cls, digits_tokenizer):
@@ -263,11 +248,11 @@ def test_v2_a_request_without_the_sampler_costs_nothing(cls, digits_tokenizer):
     request without it costs at most 1.2x what it costs alone (the old code
     sized the bank by the longest request in the batch and ran every row:
     about 200x here), and exactly what it costs beside a short one."""
-    _, _, alone = _v2_isolation_step(cls, [ARGS[cls]], [301])
+    _, alone = v2_step(cls, [ARGS[cls]], 300, [301])
     alone()
-    _, _, beside_long = _v2_isolation_step(cls, [ARGS[cls], None], [301, 60_000])
+    _, beside_long = v2_step(cls, [ARGS[cls], None], 300, [301, 60_000])
     beside_long()
-    _, _, beside_short = _v2_isolation_step(cls, [ARGS[cls], None], [301, 301])
+    _, beside_short = v2_step(cls, [ARGS[cls], None], 300, [301, 301])
     beside_short()
     a, b = _elements(alone), _elements(beside_long)
     assert b <= 1.2 * a, (a, b)
@@ -279,9 +264,9 @@ def test_v2_a_request_without_the_sampler_costs_nothing(cls, digits_tokenizer):
 def test_v2_memory_comes_back_when_a_long_request_leaves(cls, digits_tokenizer):
     """A long request with the sampler widens the bank; once it leaves, the
     bank shrinks and a short request's step costs what it cost alone."""
-    _, _, alone = _v2_isolation_step(cls, [ARGS[cls]], [301])
+    _, alone = v2_step(cls, [ARGS[cls]], 300, [301])
     alone()
-    proc, _, both = _v2_isolation_step(cls, [ARGS[cls], ARGS[cls]], [301, 20_000])
+    proc, both = v2_step(cls, [ARGS[cls], ARGS[cls]], 300, [301, 20_000])
     both()
     assert proc.batch.bank.width >= 20_000
     proc.add_request(1, sp())  # slot 1 is reused by a request without the sampler
@@ -326,19 +311,11 @@ def test_v2_chunked_prefill_keeps_the_whole_prompt(cls, digits_tokenizer):
 def test_v2_a_window_longer_than_the_context_is_the_whole_context(digits_tokenizer):
     """dry_penalty_last_n = 2**24 (legal, longer than any context) runs with
     the whole-context rows: the windowed rows beside it keep their narrow pass."""
-    v2 = compat.v2_logits_interface()
 
     def cost(extras):
-        n = len(extras)
-        tokens = torch.tensor([[s % VOCAB, 3] * 1000 for s in range(n)])
-        proc = DryLogitsProcessor(Cfg, v2_state(v2, tokens, [2000] * n, [2000] * n))
-        for s, e in enumerate(extras):
-            proc.add_request(s, sp(**e))
-        proc.apply_staged_writes()
-        ctx = v2_ctx(v2, list(range(n)), [0] * n, [3] * n, [1999] * n, [2000] * n)
-        logits = torch.zeros(n, VOCAB)
-        proc.apply(logits, ctx)
-        return _elements(lambda: proc.apply(logits, ctx))
+        _, step = v2_step(DryLogitsProcessor, extras, 2000, [2000] * len(extras))
+        step()
+        return _elements(step)
 
     windowed = [{"dry_multiplier": 1.0, "dry_penalty_last_n": 8}] * 15
     whole = cost([{"dry_multiplier": 1.0}, *windowed])

@@ -360,6 +360,22 @@ def _elements(fn) -> int:
 
 
 @needs_v1
+def v2_step(cls, extras, prefill: int, upper: list[int]):
+    """A V2 processor with requests ``extras`` (None: no sampler) in slots 0..n-1,
+    each with a ``prefill``-token context of period 2, and one step where
+    request s's length bound is ``upper[s]``; returns (processor, the step)."""
+    v2 = compat.v2_logits_interface()
+    n = len(extras)
+    tokens = torch.tensor([[s % VOCAB, 3] * (prefill // 2 + 4) for s in range(n)])
+    proc = cls(Cfg, v2_state(v2, tokens, [prefill] * n, [prefill] * n))
+    for s, e in enumerate(extras):
+        proc.add_request(s, sp(**(e or {})))
+    proc.apply_staged_writes()
+    ctx = v2_ctx(v2, list(range(n)), [0] * n, [3] * n, [u - 1 for u in upper], upper)
+    logits = torch.zeros(n, VOCAB)
+    return proc, lambda: proc.apply(logits, ctx)
+
+
 def test_v1_windowed_rows_stay_bounded_beside_a_whole_context_row(digits_tokenizer):
     """Counted ops: 15 rows with dry_penalty_last_n 8 next to one whole-context
     row of 4000 tokens cost about what they cost alone, not 15 x 4000 columns."""
@@ -424,22 +440,13 @@ def test_v2_mixed_windows_match_the_reference(digits_tokenizer):
 @needs_v2
 def test_v2_windowed_rows_stay_bounded_beside_a_whole_context_row(digits_tokenizer):
     """Counted ops, V2 interface: as on V1, the windowed rows' pass reads only their windows."""
-    v2 = compat.v2_logits_interface()
     whole = {"dry_multiplier": 1.0}
     windowed = {"dry_multiplier": 1.0, "dry_penalty_last_n": 8}
 
     def step_cost(extras):
-        n = len(extras)
-        tokens = torch.tensor([[s % VOCAB, 3] * 2000 + [0] * 8 for s in range(n)])
-        req_states = v2_state(v2, tokens, [4000] * n, [4000] * n)
-        proc = DryLogitsProcessor(Cfg, req_states)
-        for s, e in enumerate(extras):
-            proc.add_request(s, sp(**e))
-        proc.apply_staged_writes()
-        ctx = v2_ctx(v2, list(range(n)), [0] * n, [3] * n, [3999] * n, [4000] * n)
-        logits = torch.zeros(n, VOCAB)
-        proc.apply(logits, ctx)
-        return _elements(lambda: proc.apply(logits, ctx))
+        _, step = v2_step(DryLogitsProcessor, extras, 4000, [4000] * len(extras))
+        step()
+        return _elements(step)
 
     alone = step_cost([whole]) + step_cost([windowed] * 15)
     mixed = step_cost([whole] + [windowed] * 15)
