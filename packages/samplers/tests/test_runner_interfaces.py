@@ -359,7 +359,6 @@ def _elements(fn) -> int:
     return total[0]
 
 
-@needs_v1
 def v2_step(cls, extras, prefill: int, upper: list[int]):
     """A V2 processor with requests ``extras`` (None: no sampler) in slots 0..n-1,
     each with a ``prefill``-token context of period 2, and one step where
@@ -376,6 +375,7 @@ def v2_step(cls, extras, prefill: int, upper: list[int]):
     return proc, lambda: proc.apply(logits, ctx)
 
 
+@needs_v1
 def test_v1_windowed_rows_stay_bounded_beside_a_whole_context_row(digits_tokenizer):
     """Counted ops: 15 rows with dry_penalty_last_n 8 next to one whole-context
     row of 4000 tokens cost about what they cost alone, not 15 x 4000 columns."""
