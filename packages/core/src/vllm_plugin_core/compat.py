@@ -27,6 +27,9 @@ Shims (see vllm-api-drift.md, numbers refer to its list):
   no longer generic in 0.33; the Mamba prefix-caching flag removed there.
 * ``register_attention_backend`` (7): named custom backends from 0.32, the
   single ``CUSTOM`` slot before.
+* ``standalone_cpu_runner_available`` / ``cpu_memory_fraction`` (8): 0.34
+  removed the V1 CPU runner (the standalone V2 CPU runner is what is left)
+  and made ``gpu_memory_utilization`` default to None (resolved elsewhere).
 * ``register_env_vars``: announce plugin settings to vLLM's env validator
   (same dict in 0.29 to 0.33; kept here so a future move has one home).
 """
@@ -40,6 +43,7 @@ from typing import Any
 from vllm_plugin_core.version import VllmNotInstalledError, require_vllm_installed, version_in
 
 __all__ = [
+    "cpu_memory_fraction",
     "cpu_speculative_decoding_broken",
     "input_processor_class",
     "io_processor_shapes_response_in_post_process",
@@ -55,6 +59,7 @@ __all__ = [
     "register_attention_backend",
     "register_env_vars",
     "set_kv_cache_layout",
+    "standalone_cpu_runner_available",
     "supports_mamba_prefix_caching",
     "v1_logits_interface",
     "v2_logits_interface",
@@ -373,6 +378,32 @@ def attention_backend_name(name: str, class_path: str) -> str:
     Can go with :func:`register_attention_backend`'s branch."""
     member = register_attention_backend(name, class_path)
     return getattr(member, "name", str(member))
+
+
+# --- 8. CPU worker and model runner ---
+
+def standalone_cpu_runner_available() -> bool:
+    """Whether this vLLM runs CPU engines on the standalone V2 CPU runner only.
+
+    Why: 0.34 removed Model Runner V1 (``vllm.v1.worker.cpu_model_runner``);
+    what is left for a CPU device is ``StandaloneCPUModelRunner``
+    (``vllm.v1.worker.cpu``). Feature detection, no import of vLLM.
+    Can go: when 0.33 leaves the matrix (always true then).
+    """
+    import importlib.util
+
+    return (importlib.util.find_spec("vllm.v1.worker.cpu.standalone_model_runner") is not None
+            and importlib.util.find_spec("vllm.v1.worker.cpu_model_runner") is None)
+
+
+def cpu_memory_fraction(cache_config: Any) -> float:
+    """The fraction of memory a CPU worker reserves (``--gpu-memory-utilization``).
+
+    Why: 0.34 made ``gpu_memory_utilization`` default to None and added
+    ``resolved_gpu_memory_utilization``. Can go: when 0.33 leaves the matrix.
+    """
+    resolved = getattr(cache_config, "resolved_gpu_memory_utilization", None)
+    return float(resolved if resolved is not None else cache_config.gpu_memory_utilization)
 
 
 # --- environment variables ---

@@ -32,7 +32,7 @@ __all__ = [
 logger = logging.getLogger("vllm.plugins.core")
 
 #: The vLLM range this project supports.
-SUPPORTED_VLLM = ">=0.29,<0.34"
+SUPPORTED_VLLM = ">=0.31,<0.35"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -161,7 +161,7 @@ def requires_vllm(spec: str, name: str | None = None) -> _Gate:
     As a decorator, the wrapped function is skipped (returns None) with one
     warning when vLLM is out of range::
 
-        @requires_vllm(">=0.29,<0.34", name="vllm-plugin-stats")
+        @requires_vllm(">=0.31,<0.35", name="vllm-plugin-stats")
         def register(): ...
 
     As a call, ``if requires_vllm(">=0.31"): ...`` or

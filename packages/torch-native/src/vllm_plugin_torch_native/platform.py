@@ -31,6 +31,8 @@ communicator, memory queries, block-size defaults and environment set-up
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -88,6 +90,27 @@ def check_supported(vllm_config: Any) -> None:
               "Leave decode_context_parallel_size at 1.")
     if getattr(vllm_config, "speculative_config", None) is not None:
         _fail("speculative decoding", "Drop speculative_config.")
+
+
+@contextmanager
+def _cpu_runner_needs_no_triton() -> Iterator[None]:
+    """Around ``CpuPlatform.check_and_update_config``: vLLM 0.34 refuses x86
+    CPUs without Triton there, because its own x86 CPU runner is the Triton
+    one; this platform runs the standalone runner (:mod:`.runner`), which needs
+    no Triton. The refusal reads ``vllm.triton_utils.HAS_TRITON`` when called."""
+    from vllm_plugin_core.compat import standalone_cpu_runner_available
+
+    if not standalone_cpu_runner_available():
+        yield
+        return
+    import vllm.triton_utils as triton_utils
+
+    had = triton_utils.HAS_TRITON
+    triton_utils.HAS_TRITON = True
+    try:
+        yield
+    finally:
+        triton_utils.HAS_TRITON = had
 
 
 def _noop(*args: Any, **kwargs: Any) -> None:
@@ -162,7 +185,8 @@ class TorchNativePlatform(CpuPlatform):
         check_supported(vllm_config)
         if vllm_config.parallel_config.worker_cls == "auto":
             vllm_config.parallel_config.worker_cls = WORKER_PATH
-        super().check_and_update_config(vllm_config)
+        with _cpu_runner_needs_no_triton():
+            super().check_and_update_config(vllm_config)
         from vllm.config import CompilationMode
 
         cc = vllm_config.compilation_config
@@ -181,6 +205,13 @@ class TorchNativePlatform(CpuPlatform):
 
         register_custom_ops()
         install_accelerator_noops()
+
+    @classmethod
+    def uses_standalone_cpu_model_runner(cls) -> bool:
+        # vLLM >= 0.34: the standalone V2 CPU runner, on this package's ops (runner.py).
+        from vllm_plugin_core.compat import standalone_cpu_runner_available
+
+        return standalone_cpu_runner_available()
 
     @classmethod
     def import_kernels(cls) -> None:

@@ -18,7 +18,9 @@ from typing import Any
 from vllm.v1.worker.cpu_worker import CPUWorker
 from vllm.v1.worker.gpu_worker import Worker
 
-from vllm_plugin_torch_native import slots
+from vllm_plugin_core.compat import cpu_memory_fraction, standalone_cpu_runner_available
+
+from vllm_plugin_torch_native import runner, slots
 from vllm_plugin_torch_native.linear import pack_linear_layers
 
 
@@ -40,11 +42,19 @@ class TorchNativeWorker(CPUWorker):
     def __init__(self, vllm_config: Any, local_rank: int, rank: int, distributed_init_method: str,
                  is_driver_worker: bool = False) -> None:
         # Not CPUWorker.__init__ (a C++ op binds memory there): what it sets, then the base.
-        self.requested_cpu_memory = requested_memory(vllm_config.cache_config.gpu_memory_utilization)
+        self.requested_cpu_memory = requested_memory(cpu_memory_fraction(vllm_config.cache_config))
         Worker.__init__(self, vllm_config, local_rank, rank, distributed_init_method,
                         is_driver_worker=is_driver_worker)
         self.parallel_config.disable_custom_all_reduce = True
-        slots.install()
+        if not standalone_cpu_runner_available():
+            slots.install()  # V1's BlockTable (vLLM <= 0.33)
+
+    def init_device(self) -> None:
+        if standalone_cpu_runner_available():
+            # vLLM >= 0.34: CPUWorker builds the standalone CPU runner (the
+            # platform says so); its step ops come from cpu_ops.py.
+            runner.install()
+        super().init_device()
 
     def load_model(self, *args: Any, **kwargs: Any) -> None:
         super().load_model(*args, **kwargs)
