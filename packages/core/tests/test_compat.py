@@ -15,15 +15,13 @@ from vllm_plugin_core.version import SUPPORTED_VLLM, version_in, vllm_version
 
 #: shim -> first vLLM version that no longer needs it (None: still needed at the newest).
 SHIM_NEEDED_BEFORE = {
-    "metric_buckets": "0.30",
-    "non_ssm_backend_method": "0.31",
     "make_lora_request": "0.32",
     "io_processor_shapes_response_in_post_process": "0.32",
     "register_attention_backend": "0.32",
     "set_kv_cache_layout": "0.33",
     "model_protocol": "0.33",
     "supports_mamba_prefix_caching": "0.33",
-    "cpu_speculative_decoding_broken": "0.31",
+    "platform_method_names": "0.33",
 }
 
 
@@ -47,8 +45,8 @@ def test_logits_processor_bases():
     assert bases[0] is V1
     has_v2 = os.path.isdir(os.path.join(os.path.dirname(__import__("vllm").__file__),
                                         "v1", "worker", "gpu", "sample", "logits_processor"))
-    assert len(bases) == (2 if has_v2 else 1)
-    assert has_v2 == version_in(">=0.31")
+    assert has_v2  # every supported vLLM has the V2 runner's interface
+    assert len(bases) == 2
 
     class Both(*bases):
         def __init__(self, *args, **kwargs):
@@ -77,12 +75,6 @@ def test_make_lora_request_keyword_only():
     assert ("tensorizer_config_dict" in LoRARequest.__struct_fields__) == version_in("<0.32")
 
 
-def test_metric_buckets():
-    build_buckets, build_125 = compat.metric_buckets()
-    assert list(build_125(100)) == [1, 2, 5, 10, 20, 50, 100]
-    assert list(build_buckets([1, 5], 50)) == [1, 5, 10, 50]
-
-
 def test_io_processor_response_shaping_flag():
     from vllm.entrypoints.pooling.pooling import io_processor
 
@@ -91,11 +83,6 @@ def test_io_processor_response_shaping_flag():
 
 
 def test_platform_method_names():
-    from vllm.platforms.interface import Platform
-
-    assert hasattr(Platform, compat.non_ssm_backend_method()) or hasattr(
-        __import__("vllm.platforms.cpu", fromlist=["CpuPlatform"]).CpuPlatform, compat.non_ssm_backend_method()
-    )
     names = compat.platform_method_names()
     assert names["get_lora_vocab_padding_size"] == version_in("<0.32")
     assert names["get_mla_prefill_backend_cls"] == version_in(">=0.32")
@@ -184,7 +171,7 @@ def test_logits_processors_skipped_under_speculative_decoding_on_v1():
     v1 = SimpleNamespace(speculative_config=object(), use_v2_model_runner=False)
     assert "speculative decoding" in compat.logits_processors_skipped(v1)
     v2 = SimpleNamespace(speculative_config=object(), use_v2_model_runner=True)
-    assert (compat.logits_processors_skipped(v2) is None) == version_in(">=0.31")
+    assert compat.logits_processors_skipped(v2) is None
     # Async scheduling (CUDA): V1 hands plugins -1 placeholders; V2 reads committed tokens.
     sync = SimpleNamespace(speculative_config=None, scheduler_config=SimpleNamespace(async_scheduling=False))
     assert compat.logits_processors_skipped(sync) is None
@@ -193,7 +180,7 @@ def test_logits_processors_skipped_under_speculative_decoding_on_v1():
     assert "--no-async-scheduling" in compat.logits_processors_skipped(v1_async)
     v2_async = SimpleNamespace(speculative_config=None, use_v2_model_runner=True,
                                scheduler_config=SimpleNamespace(async_scheduling=True))
-    assert (compat.logits_processors_skipped(v2_async) is None) == version_in(">=0.31")
+    assert compat.logits_processors_skipped(v2_async) is None
 
 
 def test_v1_async_scheduling_still_leaves_placeholders_for_plugins():
@@ -210,9 +197,3 @@ def test_v1_async_scheduling_still_leaves_placeholders_for_plugins():
 def test_input_processor_class_validates_requests():
     cls = compat.input_processor_class()
     assert cls.__name__ == "InputProcessor" and callable(cls._validate_params)
-
-
-def test_cpu_speculative_decoding_broken_only_on_0_30():
-    """The served check of it is tests/test_served_samplers_spec.py, which runs
-    wherever this is False (on a CPU build)."""
-    assert compat.cpu_speculative_decoding_broken() is version_in(">=0.30,<0.31")

@@ -29,7 +29,7 @@ v.vllm_distribution.cache_clear()
 v.vllm_distribution = lambda: None  # as on a machine without any vLLM distribution
 from vllm_plugin_core import compat
 try:
-    compat.metric_buckets()
+    compat.input_processor_class()
 except v.VllmNotInstalledError as e:
     print("CLEAR:", e)
 """
@@ -43,4 +43,4 @@ def test_core_imports_nothing_heavy():
 
 def test_vllm_only_function_without_vllm_says_what_is_missing():
     out = subprocess.run([sys.executable, "-c", BLOCK_VLLM], capture_output=True, text=True, check=True)
-    assert "CLEAR: metric buckets needs vLLM" in out.stdout
+    assert "CLEAR: request validation needs vLLM" in out.stdout

@@ -20,6 +20,7 @@ import tomllib
 
 from vllm_plugin_core import cli, scaffold
 from vllm_plugin_core.testing.install import install_into
+from vllm_plugin_core.version import SUPPORTED_VLLM
 
 
 def test_groups_cover_vllm_plugin_groups():
@@ -67,7 +68,7 @@ def test_generated_layout(tmp_path, capsys):
     assert project["name"] == "vllm-plugin-my-thing"
     assert project["dynamic"] == ["version"]
     assert project["dependencies"] == ["vllm-plugin-core"]
-    assert project["optional-dependencies"]["vllm"] == ["vllm>=0.29,<0.34"]
+    assert project["optional-dependencies"]["vllm"] == [f"vllm{SUPPORTED_VLLM}"] == ["vllm>=0.31,<0.35"]
     assert project["entry-points"]["vllm.general_plugins"] == {"my_thing": "vllm_plugin_my_thing._entry:register"}
     assert project["entry-points"]["vllm_plugin_core.settings"] == {
         "my_thing": "vllm_plugin_my_thing._settings:SETTINGS"}

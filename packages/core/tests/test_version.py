@@ -24,8 +24,8 @@ def test_reads_the_installed_distribution_providing_vllm():
 def test_gate_as_call_and_decorator(caplog, monkeypatch):
     monkeypatch.delenv("VLLM_PLUGIN_STRICT", raising=False)
     v._warned.clear()
-    assert requires_vllm(">=0.29").check()
-    assert bool(requires_vllm(">=0.29,<0.34"))
+    assert requires_vllm(">=0.31").check()
+    assert bool(requires_vllm(">=0.31,<0.35"))
 
     @requires_vllm(">=42", name="future-plugin")
     def register():
@@ -38,7 +38,7 @@ def test_gate_as_call_and_decorator(caplog, monkeypatch):
     assert len(warnings) == 1, "one clear warning, not one per call"
     assert "supports vLLM >=42" in warnings[0] and str(vllm_version()) in warnings[0]
 
-    @requires_vllm(">=0.29", name="present-plugin")
+    @requires_vllm(">=0.31", name="present-plugin")
     def ok():
         return "ran"
 
@@ -53,7 +53,7 @@ def test_gate_strict_raises(monkeypatch):
 
 def test_bad_spec_is_refused_early():
     with pytest.raises(Exception, match="Invalid specifier"):
-        requires_vllm("0.29+")
+        requires_vllm("0.31+")
 
 
 def test_no_vllm_gives_clear_error(monkeypatch):

@@ -19,7 +19,6 @@ from test_runner_interfaces import (
     _elements,
     _no_sync_mode,
     needs_v1,
-    needs_v2,
     sp,
     v2_ctx,
     v2_state,
@@ -97,7 +96,6 @@ def test_v1_logits_of_any_strides(cls, how, digits_tokenizer):
     assert not torch.equal(out, values), "the sampler did something on rows 1 and 3"
 
 
-@needs_v2
 @pytest.mark.parametrize("how", LAYOUTS)
 def test_v2_split_passes_on_logits_of_any_strides(how, digits_tokenizer):
     """The V2 two-pass DRY split indexes rows: on a padded or strided logits
@@ -167,7 +165,6 @@ def test_v1_a_failure_inside_the_engine_is_contained(cls, digits_tokenizer, monk
         proc.apply(torch.zeros(2, VOCAB))
 
 
-@needs_v2
 @pytest.mark.parametrize("cls", CLASSES)
 def test_v2_a_failure_inside_the_engine_is_contained(cls, digits_tokenizer, monkeypatch):
     monkeypatch.delenv("VLLM_PLUGIN_STRICT", raising=False)
@@ -209,7 +206,6 @@ def _no_python_data_mode():
     return NoPythonData()
 
 
-@needs_v2
 @pytest.mark.parametrize("spec", [0, 2])
 @pytest.mark.parametrize("extras", ["one_each", "mixed_windows"])
 @pytest.mark.parametrize("cls", CLASSES)
@@ -241,7 +237,6 @@ def test_v2_apply_builds_no_tensor_from_host_data(cls, extras, spec, digits_toke
     assert not proc.failures
 
 
-@needs_v2
 @pytest.mark.parametrize("cls", CLASSES)
 def test_v2_a_request_without_the_sampler_costs_nothing(cls, digits_tokenizer):
     """Counted ops: a 300-token request with the sampler beside a 60k-token
@@ -259,7 +254,6 @@ def test_v2_a_request_without_the_sampler_costs_nothing(cls, digits_tokenizer):
     assert b == _elements(beside_short)
 
 
-@needs_v2
 @pytest.mark.parametrize("cls", [NoRepeatNgramLogitsProcessor, DryLogitsProcessor])
 def test_v2_memory_comes_back_when_a_long_request_leaves(cls, digits_tokenizer):
     """A long request with the sampler widens the bank; once it leaves, the
@@ -277,7 +271,6 @@ def test_v2_memory_comes_back_when_a_long_request_leaves(cls, digits_tokenizer):
     assert b <= 1.2 * a, (a, b)
 
 
-@needs_v2
 @pytest.mark.parametrize("cls", [NoRepeatNgramLogitsProcessor, DryLogitsProcessor])
 def test_v2_chunked_prefill_keeps_the_whole_prompt(cls, digits_tokenizer):
     """A long prompt prefilled in chunks: each partial step bounds only its
@@ -307,7 +300,6 @@ def test_v2_chunked_prefill_keeps_the_whole_prompt(cls, digits_tokenizer):
     assert want[9] != 0 and torch.equal(got, want)
 
 
-@needs_v2
 def test_v2_a_window_longer_than_the_context_is_the_whole_context(digits_tokenizer):
     """dry_penalty_last_n = 2**24 (legal, longer than any context) runs with
     the whole-context rows: the windowed rows beside it keep their narrow pass."""

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import dry_penalty, ngram_banned, ngram_banned_window
-from test_runner_interfaces import VOCAB, Cfg, needs_v1, needs_v2, sp, v2_ctx, v2_state
+from test_runner_interfaces import VOCAB, Cfg, needs_v1, sp, v2_ctx, v2_state
 
 from vllm_plugin_core import compat
 from vllm_plugin_samplers.breakers import Resolver
@@ -91,7 +91,6 @@ CLS = {"ngram": NoRepeatNgramLogitsProcessor, "dry": DryLogitsProcessor}
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@needs_v2
 @pytest.mark.parametrize("kind", ["ngram", "dry"])
 @SETTINGS
 @given(data=st.data())

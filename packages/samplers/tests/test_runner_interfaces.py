@@ -19,9 +19,9 @@ from vllm_plugin_samplers.processors import (
 
 VOCAB = 16
 
-#: V1 model-runner tests: vLLM 0.34 removed that runner (they run on 0.29 to 0.33).
+#: V1 model-runner tests: vLLM 0.34 removed that runner (they run on 0.31 to 0.33).
 needs_v1 = pytest.mark.skipif(compat.v1_logits_interface() is None, reason="vLLM 0.34+ has no V1 model runner; "
-                              "this V1 test runs in the sessions of vLLM 0.29 to 0.33")
+                              "this V1 test runs in the sessions of vLLM 0.31 to 0.33")
 
 
 def sp(**extra):
@@ -84,12 +84,6 @@ def test_v1_request_replaced_by_one_without_arguments():
     assert proc.apply(logits) is logits and not torch.isinf(logits).any()
 
 
-needs_v2 = pytest.mark.skipif(
-    compat.v2_logits_interface() is None,
-    reason="this vLLM (< 0.31) has no V2 model runner; the test runs in the 0.31+ sessions",
-)
-
-
 def v2_state(v2, tokens: torch.Tensor, prompt_len: list[int], prefill_len: list[int]):
     """vLLM's own ``LogitsProcRequestState`` over plain CPU buffers with the
     ``.gpu`` / ``.np`` views the runner's staging buffers give processors (the
@@ -138,7 +132,6 @@ ARGS = {NoRepeatNgramLogitsProcessor: {"no_repeat_ngram_size": 2},
         XtcLogitsProcessor: {"xtc_threshold": 0.01, "xtc_probability": 1.0}}
 
 
-@needs_v2
 @pytest.mark.parametrize("cls", [NoRepeatNgramLogitsProcessor, DryLogitsProcessor, XtcLogitsProcessor])
 def test_v2_interface(cls, digits_tokenizer):
     v2 = compat.v2_logits_interface()
@@ -183,7 +176,6 @@ def _expected(cls, context):
     return row
 
 
-@needs_v2
 @pytest.mark.parametrize("cls", [NoRepeatNgramLogitsProcessor, DryLogitsProcessor])
 def test_v2_speculative_draft_rows(cls, digits_tokenizer):
     """Draft rows see committed + the drafts before them (ctx.input_ids), and
@@ -242,7 +234,6 @@ def _to_meta(req_states):
     return req_states
 
 
-@needs_v2
 @pytest.mark.parametrize("spec", [0, 2])
 @pytest.mark.parametrize("cls", [NoRepeatNgramLogitsProcessor, DryLogitsProcessor, XtcLogitsProcessor])
 def test_v2_apply_has_no_host_sync(cls, spec, digits_tokenizer):
@@ -404,7 +395,6 @@ def test_v1_windowed_rows_stay_bounded_beside_a_whole_context_row(digits_tokeniz
     assert mixed <= 1.25 * alone, (mixed, alone)
 
 
-@needs_v2
 def test_v2_mixed_windows_match_the_reference(digits_tokenizer):
     """The V2 split (whole-context rows, then windowed rows, found on the device
     by a stable sort) gives each row the reference penalties."""
@@ -437,7 +427,6 @@ def test_v2_mixed_windows_match_the_reference(digits_tokenizer):
         req_states.all_token_ids.gpu[:] = tokens
 
 
-@needs_v2
 def test_v2_windowed_rows_stay_bounded_beside_a_whole_context_row(digits_tokenizer):
     """Counted ops, V2 interface: as on V1, the windowed rows' pass reads only their windows."""
     whole = {"dry_multiplier": 1.0}
@@ -481,7 +470,6 @@ def test_v1_custom_breakers_come_resolved_from_the_front_end(digits_tokenizer, c
     assert len(warnings) == 1 and "sent no resolved table" in warnings[0], warnings
 
 
-@needs_v2
 def test_v2_mixed_windows_with_draft_rows(digits_tokenizer):
     """Speculative steps split too: each draft row of a whole-context and of a
     windowed request gets the reference penalties for committed + earlier drafts."""
@@ -514,7 +502,6 @@ def test_v2_mixed_windows_with_draft_rows(digits_tokenizer):
     assert torch.allclose(got, want), (got, want)
 
 
-@needs_v2
 @pytest.mark.parametrize("spec", [0, 2])
 def test_v2_mixed_windows_have_no_host_sync(spec, digits_tokenizer):
     """The two-pass split (stable sort on the device) syncs nothing either."""

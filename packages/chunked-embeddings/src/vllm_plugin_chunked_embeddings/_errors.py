@@ -1,13 +1,13 @@
 """The error a bad request raises.
 
-``POST /pooling`` turns it into HTTP 400 on every supported vLLM (0.29 to
-0.33): the server's exception handlers map ``VLLMValidationError`` (a
+``POST /pooling`` turns it into HTTP 400 on every supported vLLM (0.31 to
+0.34): the server's exception handlers map ``VLLMValidationError`` (a
 ``VLLMClientError``) to ``400 BadRequestError`` with ``param`` set to the
 field, and keep ``ValueError`` as a 400 fallback. The class derives from both,
 so it is a 400 through either handler, and offline ``LLM.encode`` callers can
 catch it as a plain ``ValueError``.
 
-``vllm.exceptions.VLLMValidationError`` exists throughout 0.29 to 0.33; the
+``vllm.exceptions.VLLMValidationError`` exists throughout 0.31 to 0.34; the
 fallback below only keeps this module importable where vLLM is absent (the
 pure tests, documentation builds).
 """

@@ -1,6 +1,6 @@
 """The IO processor: chunk documents, embed every chunk in one batch, merge.
 
-vLLM (0.29 to 0.33) drives it the same way online and offline::
+vLLM (0.31 to 0.34) drives it the same way online and offline::
 
     parse_data(data) -> ChunkRequest            # validation, HTTP 400 on error
     pre_process(request, request_id) -> prompts  # one token prompt per chunk, all documents
@@ -15,7 +15,7 @@ call runs at a time there).
 
 Response shaping: this processor defines no ``output_to_response``, so every
 supported vLLM returns ``{"request_id", "created_at", "data": <post_process's
-dict>}`` (0.29 to 0.31 call ``output_to_response`` only when defined; 0.32+
+dict>}`` (0.31 calls ``output_to_response`` only when defined; 0.32+
 never do; ``vllm_plugin_core.compat.io_processor_shapes_response_in_post_process``
 tells the two apart, and with no ``output_to_response`` both give the same).
 """

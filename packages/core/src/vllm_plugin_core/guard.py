@@ -66,7 +66,7 @@ def plugin_entry_point(
     Args:
         name: the plugin's name as users know it (e.g. ``vllm-plugin-models``).
         fix: what a user should do when registration fails (shown in the error).
-        vllm: optional supported vLLM range (e.g. ``">=0.29,<0.34"``); out of
+        vllm: optional supported vLLM range (e.g. ``">=0.31,<0.35"``); out of
             range, the body is skipped with one warning.
 
     The wrapped function returns the body's return value on the first

@@ -5,7 +5,7 @@ attributes it adds and the attributes it replaces, why it exists and the
 vLLM range it applies to. Patches live in a registry and are applied by name,
 usually from ``VLLM_PLUGIN_PATCHES`` (comma-separated names, or ``*``)::
 
-    p = Patch("quiet-foo", "vllm.foo:Bar", why="...", vllm=">=0.29,<0.33")
+    p = Patch("quiet-foo", "vllm.foo:Bar", why="...", vllm=">=0.31,<0.33")
 
     @p.replaces_attr("method")
     def method(self, *args, **kwargs):

@@ -1,6 +1,6 @@
 """``JsonlStatLogger``: vLLM stat logger plugin writing JSON Lines.
 
-vLLM (0.29 to 0.33) instantiates it once per engine as
+vLLM (0.31 to 0.34) instantiates it once per engine as
 ``JsonlStatLogger(vllm_config, engine_index)`` in its front-end process, calls
 ``log_engine_initialized()`` once, ``record(...)`` after every engine step
 (hot path) and ``log()`` every ``VLLM_LOG_STATS_INTERVAL`` seconds.
@@ -492,7 +492,7 @@ class JsonlStatLogger(StatLoggerBase):
                 "generation_tokens": req.num_generation_tokens,
                 "cached_tokens": getattr(req, "num_cached_tokens", None),
                 "max_tokens": req.max_tokens_param,
-                "preemptions": getattr(req, "num_preemptions", None),
+                "preemptions": req.num_preemptions,
                 "e2e_latency_s": e2e,
                 "ttft_s": max(0.0, e2e - decode),
                 "queue_time_s": req.queued_time,

@@ -3,7 +3,7 @@
 ``vllm.LLM(...)`` loads no stat-logger plugins and turns stats off
 (``disable_log_stats=True``), and it has no parameter to pass a stat logger.
 The supported offline way is ``LLMEngine.from_engine_args(engine_args,
-stat_loggers=[...])`` (same signature in vLLM 0.29 to 0.32), which these
+stat_loggers=[...])`` (same signature in vLLM 0.31 to 0.34), which these
 helpers wrap::
 
     from vllm import EngineArgs, SamplingParams

@@ -1,6 +1,6 @@
 """``OtelStatLogger``: vLLM stat logger plugin exporting OpenTelemetry metrics.
 
-vLLM (0.29 to 0.33) loads it from the ``vllm.stat_logger_plugins`` entry point
+vLLM (0.31 to 0.34) loads it from the ``vllm.stat_logger_plugins`` entry point
 ``otel`` and builds one per engine in its front-end process. It is on when an
 OTLP endpoint is configured (``OTEL_EXPORTER_OTLP_ENDPOINT`` or
 ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``) or ``VLLM_PLUGIN_STATS_OTEL_ENABLED=1``.

