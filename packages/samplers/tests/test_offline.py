@@ -15,6 +15,7 @@ import random
 import pytest
 import torch
 from reference import dry_penalty, greedy, ngram_banned, xtc_remove
+from test_runner_interfaces import needs_v1
 
 pytestmark = pytest.mark.engine
 
@@ -86,6 +87,7 @@ def test_mixed_batch_ngram_and_plain(llm, hf, prompts):
     assert changed >= 3, "the n-gram ban should change several outputs of this random model"
 
 
+@needs_v1
 def test_ngram_banned_sets_equal_transformers():
     """Differential test of the per-step banned sets against transformers,
     through the processor's V1 interface, one token appended per step."""
@@ -188,7 +190,9 @@ def test_bad_arguments_rejected_engine_alive(llm, extra, message):
         llm.generate([{"prompt_token_ids": [5, 6, 7]}], SamplingParams(max_tokens=2, extra_args=extra),
                      use_tqdm=False)
     assert isinstance(err.value, ValueError) or type(err.value).__name__ == "VLLMValidationError"
-    out = llm.generate([{"prompt_token_ids": [5, 6, 7]}], SamplingParams(max_tokens=2), use_tqdm=False)
+    # (ignore_eos: a sampled end-of-text token would end it early whatever the engine's health)
+    out = llm.generate([{"prompt_token_ids": [5, 6, 7]}], SamplingParams(max_tokens=2, ignore_eos=True),
+                       use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 2
 
 

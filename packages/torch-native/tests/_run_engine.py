@@ -43,8 +43,25 @@ def worker_info(worker):  # runs in the worker (collective_rpc)
                   if type(m).__name__.startswith("TorchNative")})
     linear = sorted({type(m.quant_method).__module__ + "." + type(m.quant_method).__qualname__
                      for m in model.modules() if getattr(m, "quant_method", None) is not None})
+    runner = type(worker.model_runner)
+    step_ops = sorted({getattr(m, "ops", None).__name__ for m in _standalone_runner_modules()})
     return {"platform": type(current_platform).__module__ + "." + type(current_platform).__qualname__,
-            "attn_impls": impls, "op_classes": ops, "linear_methods": linear}
+            "attn_impls": impls, "op_classes": ops, "linear_methods": linear,
+            "runner": runner.__module__ + "." + runner.__qualname__,
+            "runner_bases": [b.__module__ + "." + b.__qualname__ for b in runner.__mro__[1:3]],
+            "runner_step_ops": step_ops}
+
+
+def _standalone_runner_modules() -> list:
+    """vLLM's standalone CPU runner modules that call step ops (vLLM 0.34+; none before)."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("vllm.v1.worker.cpu.standalone_model_runner") is None:
+        return []
+    from vllm_plugin_torch_native.runner import OPS_USERS
+
+    return [importlib.import_module(f"vllm.v1.worker.cpu.{m}") for m in OPS_USERS]
 
 
 def greedy(llm, batches) -> dict:
@@ -75,7 +92,10 @@ def main() -> int:
         from vllm.platforms import current_platform
 
         result["main_platform"] = type(current_platform).__module__ + "." + type(current_platform).__qualname__
-        engine_args = dict(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.2,
+        # torch-native without --enforce-eager, as `vllm serve` users run it: its
+        # ops must be dispatched to all the same (the CPU reference stays eager).
+        native = os.environ.get("VLLM_PLUGIN_TORCH_NATIVE") == "1"
+        engine_args = dict(dtype="float32", enforce_eager=not native, gpu_memory_utilization=0.2,
                            kv_cache_memory_bytes=256 * 1024 * 1024, max_model_len=512,
                            distributed_executor_backend="uni", enable_prefix_caching=True,
                            enable_chunked_prefill=True, max_num_batched_tokens=64, block_size=32,

@@ -144,6 +144,13 @@ def test_own_attention_backend_and_ops_are_used(runs):
         "vllm_plugin_torch_native.linear.TorchNativeLinearMethod",
     ]
     assert native["linear_calls"]["linear"] > 0
+    # vLLM 0.34+: the platform's runner (vLLM's standalone CPU runner) with
+    # every step op of its modules from cpu_ops.py, none from vllm._cpu_ops
+    engine = native["engine"]
+    if engine["runner_step_ops"]:
+        assert engine["runner"].startswith("vllm_plugin_torch_native.runner."), engine["runner"]
+        assert "vllm.v1.worker.cpu.standalone_model_runner.StandaloneCPUModelRunner" in engine["runner_bases"]
+        assert engine["runner_step_ops"] == ["vllm_plugin_torch_native.cpu_ops"]
     # the reference never touches this package's code
     reference = cpu_reference(reference)
     assert reference["engine"]["op_classes"] == []

@@ -44,7 +44,9 @@ def _token_rows(query_start_loc: torch.Tensor, num_reqs: int) -> tuple[torch.Ten
 def gather_block_table_cpu(block_table: torch.Tensor, output: torch.Tensor, idx_mapping: torch.Tensor,
                            num_blocks: torch.Tensor, num_reqs_padded: int) -> None:
     """``output[b, :num_blocks[r]] = block_table[r, :num_blocks[r]]`` for ``r =
-    idx_mapping[b]``; other entries of rows ``< num_reqs_padded`` become 0."""
+    idx_mapping[b]`` (the row's later entries are left as they are, as in the
+    kernel; the runner zeroes them first); rows ``num_reqs..num_reqs_padded``
+    (and rows of a negative index) become 0."""
     n = idx_mapping.shape[0]
     width = min(output.shape[1], block_table.shape[1])
     req = idx_mapping.long()
@@ -52,8 +54,8 @@ def gather_block_table_cpu(block_table: torch.Tensor, output: torch.Tensor, idx_
     req = req.clamp(min=0)
     src = block_table[req, :width]
     keep = (torch.arange(width, device=src.device).unsqueeze(0) < num_blocks[req].unsqueeze(1)) & real.unsqueeze(1)
-    output[:n, :width] = torch.where(keep, src, torch.zeros_like(src))
-    output[:n, width:] = 0
+    output[:n, :width] = torch.where(keep, src, torch.where(real.unsqueeze(1), output[:n, :width], 0))
+    output[:n, width:].masked_fill_(~real.unsqueeze(1), 0)
     output[n:num_reqs_padded] = 0
 
 
@@ -70,7 +72,8 @@ def compute_slot_mapping_cpu(block_table: torch.Tensor, slot_mapping: torch.Tens
         req = idx_mapping.long()[rows]
         real = req >= 0
         pos = positions[:total].long()
-        blocks = block_table[req.clamp(min=0), torch.div(pos, block_size, rounding_mode="floor")].long()
+        block_idx = torch.where(real, torch.div(pos, block_size, rounding_mode="floor"), 0)
+        blocks = block_table[req.clamp(min=0), block_idx].long()
         slots = blocks * block_size + pos % block_size
         slot_mapping[:total] = torch.where(real, slots, torch.full_like(slots, pad_slot_id))
     else:
@@ -241,7 +244,7 @@ def murmur3_uniform(seed: torch.Tensor, pos: torch.Tensor, token: torch.Tensor, 
     if not fp64:
         return (lo >> 16).float() * 1.52587890625e-05 + ((lo & 0xFFFF).float() + 0.5) * 2.3283064365386963e-10
     hi = hash32(0x9E3779B9)
-    r53 = ((hi << 32) | lo) >> 11
+    r53 = (hi << 21) | (lo >> 11)  # ((hi << 32) | lo) >> 11 in uint64, without int64 overflow
     u = (r53.double() + 0.5) * 1.1102230246251565e-16
     return torch.where(u == 1.0, u - 1.1102230246251565e-16, u)
 
@@ -255,16 +258,23 @@ def gumbel_sample_cpu(logits: torch.Tensor, expanded_idx_mapping: torch.Tensor, 
     real = req >= 0
     req = req.clamp(min=0)
     temp = torch.where(real, temperature[req].float(), torch.zeros_like(temperature[req].float()))
-    x = logits.double() if use_fp64 else logits.float()
-    if apply_temperature:
-        x = torch.where(temp.unsqueeze(1) != 0, x / torch.where(temp == 0, 1.0, temp).unsqueeze(1).to(x.dtype), x)
+    x = logits.float()
+    if apply_temperature:  # in fp32, before any fp64 cast, as the kernel
+        x = torch.where(temp.unsqueeze(1) != 0, x / torch.where(temp == 0, 1.0, temp).unsqueeze(1), x)
+    if use_fp64:
+        x = x.double()
     sampling = temp != 0
     if bool(sampling.any()):
         seed = torch.where(real, seeds[req].long(), torch.zeros_like(req)).unsqueeze(1)
         pos = positions.long().unsqueeze(1) + (DRAFT_NOISE_SALT if is_drafting else 0)
         token = torch.arange(x.shape[1], device=x.device, dtype=torch.long).unsqueeze(0)
         u = murmur3_uniform(seed, pos, token, use_fp64).to(x.dtype)
-        noise = -torch.log(-torch.log1p(-u) if not use_fp64 else -torch.log(u))
+        if use_fp64:
+            noise = -torch.log(-torch.log(u))
+        else:  # the kernel's _log1p_neg_stable: 1 - u clamped at 2**-24 (u can round to 1.0 in fp32)
+            direct = torch.log(torch.clamp(1.0 - u, min=5.960464477539063e-08))
+            log1p_neg = torch.where(u < 0.25, torch.log1p(-u), direct)
+            noise = -torch.log(-log1p_neg)
         x = torch.where(sampling.unsqueeze(1), x + noise, x)
     return x.argmax(dim=1)
 
@@ -301,7 +311,8 @@ def apply_logit_bias_cpu(logits: torch.Tensor, expanded_idx_mapping: torch.Tenso
     if bool(rows.any()):
         keep = (torch.arange(logit_bias.shape[1], device=dev).unsqueeze(0) < n_bias.unsqueeze(1)) & rows.unsqueeze(1)
         r, t = listed(n_bias, logit_bias_token_ids[req], rows)
-        logits.index_put_((r, t), logit_bias[req][keep].to(logits.dtype), accumulate=True)
+        acc = torch.promote_types(logits.dtype, logit_bias.dtype)
+        logits[r, t] = (logits[r, t].to(acc) + logit_bias[req][keep].to(acc)).to(logits.dtype)
     # Min tokens: stop tokens masked while pos + 1 < min_len.
     n_stop = num_stop_token_ids[req].long()
     rows = (n_stop > 0) & (positions.long() + 1 < min_lens[req].long())

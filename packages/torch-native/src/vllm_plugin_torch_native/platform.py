@@ -70,6 +70,15 @@ def check_supported(vllm_config: Any) -> None:
             _fail(f"quantization ({model_config.quantization})", "Use an unquantized checkpoint.")
         if getattr(model_config, "use_mla", False):
             _fail("multi-head latent attention (MLA models)", "Use a model with standard attention.")
+        if getattr(model_config, "uses_mrope", False):
+            _fail("M-RoPE (multimodal rotary positions)", "Use a model with standard rotary embeddings.")
+        if getattr(model_config, "is_hybrid", False) or getattr(model_config, "has_inner_state", False):
+            _fail("Mamba and hybrid (state-space) models", "Use a transformer model.")
+        hf_config = getattr(model_config, "hf_text_config", None)
+        counts = [getattr(hf_config, k, None) for k in ("num_experts", "num_local_experts", "n_routed_experts")]
+        experts = max([c for c in counts if isinstance(c, int)], default=0)
+        if experts > 0:
+            _fail(f"mixture-of-experts models ({experts} experts)", "Use a dense model.")
         runner = getattr(model_config, "runner_type", "generate")
         if runner not in ("generate", "pooling", None):
             _fail(f"the {runner!r} runner", "Use a generative or a pooling model.")
@@ -194,13 +203,15 @@ class TorchNativePlatform(CpuPlatform):
             logger.info("torch_native platform runs the model eagerly (compilation mode %s -> NONE)",
                         cc.mode)
             cc.mode = CompilationMode.NONE
-        # Make sure vLLM dispatches to this platform's ops (forward_oot).
+        # Make sure vLLM dispatches to this platform's ops (forward_oot), with
+        # or without --enforce-eager: CustomOp.enabled() matches "+<registered
+        # name>" (rms_norm, silu_and_mul, rotary_embedding), not the class name.
         from vllm_plugin_torch_native.ops import OPS
 
         for upstream in OPS:
-            for name in (f"+{upstream.__name__}",):
-                if name not in cc.custom_ops:
-                    cc.custom_ops.append(name)
+            name = f"+{getattr(upstream, 'name', upstream.__name__)}"
+            if name not in cc.custom_ops and f"-{name[1:]}" not in cc.custom_ops:
+                cc.custom_ops.append(name)
         from vllm_plugin_torch_native.ops import register_custom_ops
 
         register_custom_ops()

@@ -19,7 +19,6 @@ from vllm.v1.worker.cpu_worker import CPUWorker
 from vllm.v1.worker.gpu_worker import Worker
 
 from vllm_plugin_core.compat import cpu_memory_fraction, standalone_cpu_runner_available
-
 from vllm_plugin_torch_native import runner, slots
 from vllm_plugin_torch_native.linear import pack_linear_layers
 
@@ -53,7 +52,9 @@ class TorchNativeWorker(CPUWorker):
         if standalone_cpu_runner_available():
             # vLLM >= 0.34: CPUWorker builds the standalone CPU runner (the
             # platform says so); its step ops come from cpu_ops.py.
-            runner.install()
+            with runner.runner_in_place():
+                super().init_device()
+            return
         super().init_device()
 
     def load_model(self, *args: Any, **kwargs: Any) -> None:
