@@ -26,7 +26,7 @@ import nox
 import tomllib
 
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["lint", "build", "install_alone", "docs", "tests", "interfaces"]
+nox.options.sessions = ["lint", "build", "install_alone", "publish_rehearsal", "docs", "tests", "interfaces"]
 nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
@@ -301,6 +301,36 @@ def install_alone(session: nox.Session) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     session.log(f"install_alone took {time.monotonic() - t0:.0f} s "
                 f"({', '.join(f'{d} {s:.0f} s' for d, s in durations.items())})")
+
+
+#: ``publish_rehearsal``'s tools: the package index, the upload tool of a release
+#: (pypa/gh-action-pypi-publish runs twine) and PyPI's README renderer with its
+#: ``md`` extra (without it ``twine check`` does not render Markdown at all).
+REHEARSAL_DEPS = ["pypiserver>=2.1", "twine>=6.1", "readme_renderer[md]", "packaging", "pytest>=8"]
+
+
+@nox.session(python=PYTHON)
+def publish_rehearsal(session: nox.Session) -> None:
+    """Publishing rehearsed against a real package index (release/rehearse.py):
+    pypiserver on loopback; every package released through release/publish.py,
+    the release workflow's script, core first, and uploaded with twine; then
+    each plugin installed BY NAME from that index in a fresh venv next to the
+    newest CPU build of vLLM, its entry points loaded by vLLM's loader. Runs
+    tests/packaging/test_release.py and test_readmes.py first (each way a
+    release fails, some against a real index). Arguments go to rehearse.py."""
+    import shlex
+
+    t0 = time.monotonic()
+    session.install(*REHEARSAL_DEPS)
+    session.run("pytest", "--confcutdir", "tests/packaging", "-q",
+                "tests/packaging/test_release.py", "tests/packaging/test_readmes.py")
+    links = _local_wheels()[1::2]
+    session.run("python", "release/rehearse.py", "--vllm", shlex.join(_vllm_spec(CPU_VLLM_VERSIONS[-1])),
+                *[arg for link in links for arg in ("--find-links", link)],
+                *[arg for name in BREAKS_CPU_TORCH for arg in ("--drop", name)],
+                "--python", PYTHON, "--cache", str(Path(session.cache_dir) / "publish_rehearsal"),
+                *session.posargs)
+    session.log(f"publish_rehearsal took {time.monotonic() - t0:.0f} s")
 
 
 #: The documentation site's tools (mkdocstrings reads the sources statically: no vLLM needed).

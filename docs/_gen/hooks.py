@@ -71,11 +71,33 @@ def _site_target(repo_path: str) -> str | None:
     return None
 
 
+def _repository() -> str:
+    """``REPOSITORY`` of release/publish.py: where the package READMEs' links point
+    (absolute, since relative ones break on the package index's project page)."""
+    for node in ast.parse((ROOT / "release" / "publish.py").read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "REPOSITORY" for t in node.targets):
+            return str(ast.literal_eval(node.value)).rstrip("/")
+    raise RuntimeError("release/publish.py defines no REPOSITORY")
+
+
 def rewrite_links(markdown: str, source: str, page: str) -> str:
-    """Rewrite relative links of ``source`` (a repository path) for ``page`` (docs-relative)."""
+    """Rewrite relative links of ``source`` (a repository path) for ``page``
+    (docs-relative), and links to files of this repository's default branch
+    (``REPOSITORY/blob/main/...``, as package READMEs write them) that are
+    pages of the site; other absolute links stay."""
+    in_repo = re.compile(re.escape(_repository()) + r"/(?:blob|tree)/main/([^#?]*)(#.*)?$")
 
     def sub(match: re.Match[str]) -> str:
         bang, text, target = match.groups()
+        absolute = in_repo.match(target) if not bang else None
+        if absolute:
+            repo_path = posixpath.normpath(absolute.group(1) or ".")
+            repo_path = "" if repo_path == "." else repo_path
+            site = _site_target(repo_path)
+            if site is None:
+                return match.group(0)
+            rel = posixpath.relpath(site, posixpath.dirname(page) or ".")
+            return f"[{text}]({rel}{absolute.group(2) or ''})"
         if re.match(r"^[a-z]+:|^#|^/", target):
             return match.group(0)
         path, _, anchor = target.partition("#")

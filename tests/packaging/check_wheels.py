@@ -164,11 +164,12 @@ def main(dist: Path, only: list[str] | None = None) -> int:
     supported = supported_vllm()
     errors: list[str] = []
     wanted = {_normalize(d) for d in only or []}
+    unknown = set(wanted)  # named but not found (`wanted` itself stays whole: it filters)
     for pkg in packages():
         project = tomllib.loads((pkg / "pyproject.toml").read_text())["project"]
         if wanted and _normalize(project["name"]) not in wanted:
             continue
-        wanted.discard(_normalize(project["name"]))
+        unknown.discard(_normalize(project["name"]))
         version = package_version(pkg, project)
         stem = f"{_normalize(project['name'])}-{version}"
         wheels = sorted(dist.glob(f"{stem}-*.whl"))
@@ -180,7 +181,7 @@ def main(dist: Path, only: list[str] | None = None) -> int:
         errs = check_wheel(wheels[0], pkg, project, supported) + check_sdist(sdists[0], pkg, project)
         errors += errs
         print(f"{'FAIL' if errs else 'ok  '} {wheels[0].name}, {sdists[0].name}")
-    errors += [f"no package under packages/ publishes {d}" for d in sorted(wanted)]
+    errors += [f"no package under packages/ publishes {d}" for d in sorted(unknown)]
     for e in errors:
         print(f"ERROR: {e}", file=sys.stderr)
     return 1 if errors else 0
