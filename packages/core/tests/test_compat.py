@@ -22,6 +22,8 @@ SHIM_NEEDED_BEFORE = {
     "model_protocol": "0.33",
     "supports_mamba_prefix_caching": "0.33",
     "platform_method_names": "0.33",
+    "standalone_cpu_runner_available": "0.34",
+    "cpu_memory_fraction": "0.34",
 }
 
 
@@ -39,14 +41,19 @@ def test_canary_shim_still_needed(shim):
 
 
 def test_logits_processor_bases():
-    from vllm.v1.sample.logits_processor import LogitsProcessor as V1
+    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as V2
 
     bases = compat.logits_processor_bases()
-    assert bases[0] is V1
-    has_v2 = os.path.isdir(os.path.join(os.path.dirname(__import__("vllm").__file__),
-                                        "v1", "worker", "gpu", "sample", "logits_processor"))
-    assert has_v2  # every supported vLLM has the V2 runner's interface
-    assert len(bases) == 2
+    has_v1 = os.path.isdir(os.path.join(os.path.dirname(__import__("vllm").__file__),
+                                        "v1", "sample", "logits_processor"))
+    assert has_v1 == (compat.v1_logits_interface() is not None) == version_in("<0.34")
+    if has_v1:
+        from vllm.v1.sample.logits_processor import LogitsProcessor as V1
+
+        assert bases == (V1, V2)
+    else:  # vLLM 0.34 removed Model Runner V1
+        assert bases == (V2,)
+        return
 
     class Both(*bases):
         def __init__(self, *args, **kwargs):
@@ -159,6 +166,33 @@ def test_running_version_is_in_supported_range():
     assert vllm_version() in SpecifierSet(SUPPORTED_VLLM)
 
 
+needs_v1 = pytest.mark.skipif(compat.v1_logits_interface() is None,
+                              reason="vLLM 0.34+ has no V1 model runner (its case: test_logits_processors_never_skipped_without_v1)")
+
+
+def test_logits_processors_never_skipped_without_v1():
+    """vLLM 0.34+: only the V2 runner, which runs plugins under speculative
+    decoding and async scheduling alike."""
+    from types import SimpleNamespace
+
+    if compat.v1_logits_interface() is not None:
+        pytest.skip("vLLM 0.31 to 0.33: the V1 cases are tested below")
+    for spec, sched in ((object(), False), (None, True), (object(), True)):
+        cfg = SimpleNamespace(speculative_config=spec, use_v2_model_runner=False,
+                              scheduler_config=SimpleNamespace(async_scheduling=sched))
+        assert compat.logits_processors_skipped(cfg) is None
+
+
+def test_standalone_cpu_runner_and_memory_fraction():
+    from types import SimpleNamespace
+
+    assert compat.standalone_cpu_runner_available() == version_in(">=0.34")
+    assert compat.cpu_memory_fraction(SimpleNamespace(gpu_memory_utilization=0.3)) == 0.3
+    resolved = SimpleNamespace(gpu_memory_utilization=None, resolved_gpu_memory_utilization=0.4)
+    assert compat.cpu_memory_fraction(resolved) == 0.4
+
+
+@needs_v1
 def test_logits_processors_skipped_under_speculative_decoding_on_v1():
     """Canary: V1 still builds no plugin under speculative decoding (the
     message below goes when it applies them; then drop the shim)."""
@@ -183,6 +217,7 @@ def test_logits_processors_skipped_under_speculative_decoding_on_v1():
     assert compat.logits_processors_skipped(v2_async) is None
 
 
+@needs_v1
 def test_v1_async_scheduling_still_leaves_placeholders_for_plugins():
     """Canary of the async-scheduling refusal: V1 still fills output placeholders
     only when its own penalties or ``--logits-processors`` need them."""
