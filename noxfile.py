@@ -130,11 +130,11 @@ def _install_workspace(session: nox.Session, vllm_spec: list[str]) -> None:
         session.run("uv", "pip", "uninstall", *BREAKS_CPU_TORCH, silent=True, success_codes=[0, 1, 2])
 
 
-def _pytest(session: nox.Session) -> None:
+def _pytest(session: nox.Session, *extra: str) -> None:
     paths = [f"packages/{p}/tests" for p in PACKAGES if (ROOT / "packages" / p / "tests").exists()]
     env = {"VLLM_PLUGIN_CACHE_DIR": os.environ.get("VLLM_PLUGIN_CACHE_DIR",
                                                     str(ROOT / ".nox" / "_model_cache"))}
-    session.run("pytest", *paths, "tests", *session.posargs, env=env)
+    session.run("pytest", *paths, "tests", *extra, *session.posargs, env=env)
 
 
 def _tests(session: nox.Session, vllm: str, name: str) -> None:
@@ -181,6 +181,66 @@ def tests_cuda(session: nox.Session) -> None:
     _install_workspace(session, ["vllm"])
     _pytest(session)
     session.log(f"tests_cuda took {time.monotonic() - t0:.0f} s")
+
+
+#: What ``canary`` sets: plugins load on a vLLM newer than their tested range
+#: (one warning) instead of refusing (core's version gate, ``vllm_plugin_core.version``).
+ALLOW_UNTESTED_VLLM = "VLLM_PLUGINS_ALLOW_UNTESTED_VLLM"
+
+
+@nox.session(python=PYTHON)
+def canary(session: nox.Session) -> None:
+    """The next vLLM seen coming: the newest ``vllm`` on PyPI whatever its
+    version (the CUDA wheel, no GPU: engines on torch-native, as for 0.33 and
+    0.34), with VLLM_PLUGINS_ALLOW_UNTESTED_VLLM=1 so the plugins load on it
+    although it is newer than the supported range; prints the vLLM installed,
+    runs ``vllm-plugins doctor`` and the whole suite, and reports pass/fail
+    counts and duration. Not in the README's test command: the weekly workflow
+    (.github/workflows/canary.yml) runs it. Arguments go to pytest."""
+    import xml.etree.ElementTree as ET
+
+    from nox.command import CommandFailed
+
+    t0 = time.monotonic()
+    # Which release is newest is only known once it is installed: first the
+    # vllm wheel alone (--upgrade, so a reused venv follows new releases), then
+    # that exact version with its dependencies and the workspace, with
+    # VLLM_OVERRIDES' lines for its minor where this file knows of pins the
+    # index cannot serve (0.34's flashinfer). A new release with such a pin
+    # fails to install here until its line is added to VLLM_OVERRIDES.
+    session.install("--no-deps", "--upgrade", "vllm", *_local_wheels())
+    version = str(session.run_install(
+        "python", "-c", "import importlib.metadata as m; print(m.version('vllm'))", silent=True)).strip()
+    minor = ".".join(version.split(".")[:2])
+    _install_workspace(session, [f"vllm=={version}", *_local_wheels(), *_overrides(minor)])
+    matrix = f"{VLLM_VERSIONS[0]} to {VLLM_VERSIONS[-1]}"
+    where = f"in the matrix, {matrix}" if minor in VLLM_VERSIONS else f"newer than the matrix, {matrix}"
+    session.log(f"canary: vllm {version} installed ({where}); install took {time.monotonic() - t0:.0f} s")
+    session.env[ALLOW_UNTESTED_VLLM] = "1"
+    # The doctor's exit status 1 (a broken plugin) is reported, not fatal: the suite says more.
+    session.run("vllm-plugins", "doctor", success_codes=[0, 1])
+    report = Path(tempfile.mkdtemp(prefix="vllm-canary-")) / "junit.xml"
+    t1 = time.monotonic()
+    failed = None
+    try:
+        _pytest(session, f"--junitxml={report}")
+    except CommandFailed as exc:
+        failed = exc
+    took = time.monotonic() - t1
+    if report.exists():
+        root = ET.parse(report).getroot()
+        suite = root if root.tag == "testsuite" else root.find("testsuite")
+        n = {} if suite is None else {k: int(suite.get(k, 0))
+                                      for k in ("tests", "failures", "errors", "skipped")}
+        passed = n.get("tests", 0) - n.get("failures", 0) - n.get("errors", 0) - n.get("skipped", 0)
+        session.log(f"canary: vllm {version} ({where}): {passed} passed, {n.get('failures', 0)} failed, "
+                    f"{n.get('errors', 0)} errors, {n.get('skipped', 0)} skipped; the suite took {took:.0f} s")
+    shutil.rmtree(report.parent, ignore_errors=True)
+    session.log(f"canary took {time.monotonic() - t0:.0f} s")
+    # The range is relaxed above, so only real failures of the suite fail the
+    # session (and the weekly workflow): that is the next release's breakage.
+    if failed is not None:
+        session.error(f"canary: the suite fails on vllm {version} ({failed.reason or 'pytest failed'})")
 
 
 @nox.session(python=PYTHON)

@@ -100,3 +100,33 @@ def test_doctor_survives_a_hanging_plugin(tmp_path: Path):
     assert ("vllm.general_plugins", "core") in rows
     assert {k: r["imports"] for k, r in rows.items() if r["imports"] != "ok"} == {}, "the rest is checked"
     assert data["environment"]["platform"] and data["environment"]["platform_error"] is None
+
+
+@pytest.mark.parametrize(("running", "allow", "broken"), [
+    ("0.35.0", "1", False),  # newer than tested, relaxed: loads, reported as untested
+    ("0.35.0", None, True),  # newer, not relaxed: out of range
+    ("0.30.0", "1", True),  # older: the variable does not relax the lower bound
+])
+def test_doctor_reports_the_untested_relaxation(monkeypatch, running, allow, broken):
+    """The doctor's range check follows VLLM_PLUGINS_ALLOW_UNTESTED_VLLM (the
+    running vLLM monkeypatched; metadata only, nothing imported)."""
+    from packaging.version import Version
+
+    from vllm_plugin_core import cli
+    from vllm_plugin_core.version import ALLOW_UNTESTED_VAR, SUPPORTED_VLLM
+
+    monkeypatch.setattr(cli, "vllm_version", lambda: Version(running))
+    monkeypatch.setattr(cli, "declared_vllm_range", lambda dist: SUPPORTED_VLLM)
+    if allow is None:
+        monkeypatch.delenv(ALLOW_UNTESTED_VAR, raising=False)
+    else:
+        monkeypatch.setenv(ALLOW_UNTESTED_VAR, allow)
+    rows = cli.collect()
+    core = next(r for r in rows if (r.group, r.name) == ("vllm.general_plugins", "core"))
+    assert core.in_range is False and core.broken is broken
+    table = cli._table(rows, {**cli.environment(), "VLLM_PLUGINS": None})
+    if broken:
+        assert "untested" not in core.details and "(OUT)" in table and f"running vLLM is {running}" in core.problem
+    else:
+        assert f"vLLM {running} is newer than" in core.details["untested"]
+        assert "(UNTESTED)" in table and f"load anyway: {ALLOW_UNTESTED_VAR}=1" in table

@@ -1,4 +1,5 @@
-"""Settings of the core package itself (``VLLM_PLUGIN_*``)."""
+"""Settings of the core package itself (``VLLM_PLUGIN_*``, and the project-wide
+``VLLM_PLUGINS_ALLOW_UNTESTED_VLLM``)."""
 
 from vllm_plugin_core.settings import Setting, Settings
 
@@ -25,4 +26,21 @@ SETTINGS = Settings(
         ),
     ],
     prefix="VLLM_PLUGIN_",
+)
+
+#: Switches that apply to every plugin, named ``VLLM_PLUGINS_*`` (plural, like
+#: vLLM's own ``VLLM_PLUGINS``): a second declared ``Settings`` (entry point
+#: ``core-gate``), so vLLM's environment validator knows them too.
+GATE_SETTINGS = Settings(
+    "plugins",
+    [
+        Setting(
+            "ALLOW_UNTESTED_VLLM",
+            bool,
+            False,
+            "On a vLLM newer than a plugin's tested range, load the plugin anyway with one warning "
+            "instead of refusing it (an older vLLM is still refused).",
+        ),
+    ],
+    prefix="VLLM_PLUGINS_",
 )

@@ -24,7 +24,7 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from vllm_plugin_core.version import vllm_distribution, vllm_version
+from vllm_plugin_core.version import ALLOW_UNTESTED_VAR, untested_allowed, vllm_distribution, vllm_version
 
 #: vLLM's plugin groups, and how each one is filtered by ``VLLM_PLUGINS``.
 GROUPS: dict[str, str] = {
@@ -119,7 +119,10 @@ def collect() -> list[Row]:
                 vllm_range=spec,
                 in_range=in_range,
             )
-            if in_range is False:
+            if in_range is False and untested_allowed(spec, running):
+                row.details["untested"] = (f"vLLM {running} is newer than {spec}: loads untested "
+                                           f"({ALLOW_UNTESTED_VAR}=1)")
+            elif in_range is False:
                 row.problem = f"declares vLLM {spec}, running vLLM is {running}"
                 row.fix = f"install a vLLM in {spec}, or a release of {row.distribution} that supports {running}"
             rows.append(row)
@@ -254,7 +257,7 @@ def _table(rows: list[Row], env: dict[str, Any]) -> str:
         status = "BROKEN" if r.broken else ("ok" if r.enabled else "off")
         rng = r.vllm_range or "-"
         if r.in_range is not None:
-            rng += " (ok)" if r.in_range else " (OUT)"
+            rng += " (ok)" if r.in_range else " (UNTESTED)" if r.details.get("untested") else " (OUT)"
         table.append((
             status,
             r.group.removeprefix("vllm."),
@@ -273,6 +276,10 @@ def _table(rows: list[Row], env: dict[str, Any]) -> str:
         lines.append("(no vLLM plugins installed)")
     for r in broken:
         lines.append(f"\n{r.group} {r.name}: {r.problem}\n  fix: {r.fix}")
+    untested = [r for r in rows if r.details.get("untested")]
+    if untested:
+        lines.append(f"\n{len(untested)} entry points on a vLLM newer than they were tested on load "
+                     f"anyway: {ALLOW_UNTESTED_VAR}=1")
     lines.append(f"\n{len(rows)} entry points, {len(broken)} broken")
     return "\n".join(lines)
 

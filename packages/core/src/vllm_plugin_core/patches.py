@@ -203,7 +203,10 @@ class PatchRegistry:
                 patch = self.get(name)
                 if patch.applied:
                     continue
-                if patch.vllm and not requires_vllm(patch.vllm, name=f"patch {name}").check():
+                # A patch's range says where it is needed, not what was tested:
+                # VLLM_PLUGINS_ALLOW_UNTESTED_VLLM does not widen it.
+                if patch.vllm and not requires_vllm(patch.vllm, name=f"patch {name}",
+                                                    allow_untested=False).check():
                     continue
                 self._conflict(patch)
                 patch._apply()
