@@ -5,8 +5,11 @@
 (see :mod:`vllm_plugin_core.scaffold`).
 ``vllm-plugins doctor`` also imports every entry point in a child process
 with a timeout (so a broken or hanging plugin cannot take the command down),
-checks each distribution's declared vLLM range against the running vLLM and
-asks vLLM which platform it would activate. Exit status 1 when anything is
+checks each entry point's contract with the running vLLM (a logits processor
+subclasses the interface its runner loads, a stat logger is a
+``StatLoggerBase``...: see :mod:`vllm_plugin_core.contracts`), checks each
+distribution's declared vLLM range against the running vLLM and asks vLLM
+which platform it would activate. Exit status 1 when anything is
 broken; each broken row says why and how to fix it.
 """
 
@@ -49,6 +52,7 @@ class Row:
     vllm_range: str | None
     in_range: bool | None
     imports: str = "not checked"  # ok | error | timeout | not checked
+    contract: str = "not checked"  # ok | broken | import only | not checked
     problem: str | None = None
     fix: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
@@ -148,13 +152,24 @@ for group, name in todo:
         print(json.dumps({"key": [group, name], **out}), flush=True)
         continue
     t = time.perf_counter()
+    ep = eps[(group, name)]
     try:
-        eps[(group, name)].load()
+        target = ep.load()
         out = {"ok": True}
     except BaseException as exc:
         out = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
                "trace": traceback.format_exc(limit=3)}
     out["seconds"] = round(time.perf_counter() - t, 3)
+    if out["ok"]:
+        try:
+            from vllm_plugin_core.contracts import check_contract
+            dist = getattr(ep, "dist", None)
+            out["contract"] = check_contract(group, target, dist.metadata["Name"] if dist else None,
+                                             ep.module)
+        except BaseException as exc:
+            out["contract"] = {"contract": "broken", "checked": "contract",
+                               "problem": f"the contract check failed: {type(exc).__name__}: {exc}",
+                               "fix": "report this to vllm-plugin-core"}
     print(json.dumps({"key": [group, name], **out}), flush=True)
 """
 
@@ -213,6 +228,13 @@ def doctor(timeout: float = 120.0) -> tuple[list[Row], dict[str, Any]]:
             continue
         if res.get("ok"):
             row.imports = "ok"
+            contract = res.get("contract") or {}
+            row.contract = contract.get("contract", "not checked")
+            row.details["contract"] = contract.get("checked")
+            if contract.get("problem"):
+                problem = f"contract: {contract['problem']}"
+                row.problem = problem if row.problem is None else f"{row.problem}; {problem}"
+                row.fix = contract["fix"] if row.fix is None else f"{row.fix}; {contract['fix']}"
             continue
         row.imports = "timeout" if res.get("timeout") else "error"
         row.details["error"] = res.get("error")
@@ -251,7 +273,7 @@ def _table(rows: list[Row], env: dict[str, Any]) -> str:
     ]
     if "platform" in env:
         lines.append(f"Platform vLLM would activate: {env['platform'] or 'error: ' + str(env.get('platform_error'))}")
-    header = ("status", "group", "name", "distribution", "loaded?", "import", "vLLM range")
+    header = ("status", "group", "name", "distribution", "loaded?", "import", "contract", "vLLM range")
     table = [header]
     for r in rows:
         status = "BROKEN" if r.broken else ("ok" if r.enabled else "off")
@@ -265,6 +287,7 @@ def _table(rows: list[Row], env: dict[str, Any]) -> str:
             f"{r.distribution} {r.version}" if r.distribution else "?",
             r.filter_note,
             r.imports,
+            r.contract,
             rng,
         ))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
