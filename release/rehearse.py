@@ -13,19 +13,19 @@ packaging into its venv)::
    (``<distribution>==<__version__>``): version check, README links, build,
    ``twine check``, sdist rebuilt into the same wheel, index check, then
    ``twine upload``, the tool the release workflow's upload runs;
-3. per plugin, a fresh venv with vLLM only (a hard-linked copy of one made
-   with ``uv pip install`` of ``--vllm`` while step 2 runs: the newest CPU
-   build in nox), then the plugin installed BY NAME, the
+3. per plugin, a fresh venv with vLLM only (a hard-linked copy of one venv
+   with ``--vllm`` installed, made or brought up to date while step 2 runs:
+   the newest CPU build in nox), then the plugin installed BY NAME, the
    index first (``--index``, ``first-index``: a name it has comes from it
    only), PyPI and ``--find-links`` for anything else; checks that the plugin
    and vllm-plugin-core came in at the uploaded versions, nothing vLLM had
    changed, and vLLM's own loader (``tests/packaging/install_alone_check.py``'s
    ``load_with_vllm``) loads the entry points of both. Starts no engine.
 
-The plugins' venvs take turns at ``--jobs`` fixed paths under ``--cache``,
-with their bytecode kept there too (``PYTHONPYCACHEPREFIX``), so the next venv
-at a path imports vLLM from compiled bytecode (about 5 s instead of 13 here),
-in this run and the next. Prints the duration of each phase and of the whole. Exit status 1 on the
+With ``--cache``, that venv with vLLM is kept between runs (as nox keeps
+its session venvs; made afresh if anything but vLLM's requirements got into
+it), with the bytecode of what vLLM's loaders import compiled in it once, so
+that every copy imports vLLM in about 5 s instead of 13 here. Prints the duration of each phase and of the whole. Exit status 1 on the
 first failure, with one line saying what failed.
 """
 
@@ -34,8 +34,8 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import hashlib
 import os
-import queue
 import shlex
 import shutil
 import socket
@@ -136,23 +136,53 @@ def _freeze(uv: str, python: Path) -> dict[str, str]:
     return pins
 
 
-def make_vllm_venv(venv: Path, args: argparse.Namespace, uv: str) -> float:
-    """A venv at ``venv`` with vLLM only (``--vllm``, then ``--drop``); seconds taken."""
-    t0 = time.monotonic()
-    shutil.rmtree(venv, ignore_errors=True)
+#: What vLLM's loaders import (tests/packaging/install_alone_check.py): the
+#: vLLM venv imports it once so that its bytecode is there for every copy.
+WARM_UP = "import vllm.plugins, vllm.config, vllm.v1.sample.logits_processor"
+
+
+def vllm_venv(cache: Path, args: argparse.Namespace, uv: str) -> tuple[Path, str]:
+    """The venv with vLLM only (``--vllm``, then ``--drop``) that every plugin's
+    venv is a copy of: kept in ``cache`` between runs, as nox keeps its
+    session venvs, and brought up to ``--vllm`` with ``uv pip install``; made
+    afresh if anything else got into it. Its bytecode is written in it once
+    (``WARM_UP``), for the copies to read. Returns (venv, what was done)."""
+    key = hashlib.sha256(repr((args.vllm, args.python, sorted(args.drop))).encode()).hexdigest()[:12]
+    venv = cache / f"vllm-{key}"
+    for stale in cache.glob("vllm-*"):  # other vLLM specs' venvs
+        if stale != venv:
+            shutil.rmtree(stale, ignore_errors=True)
     python = venv / "bin" / "python"
-    _run([uv, "venv", "-q", "-p", args.python, str(venv)], "uv venv")
+    done = []
+    if python.exists():
+        # only vLLM and what it pulls: a plugin in it would hide a missing one in the copies
+        if any(name.startswith("vllm-plugin") for name in _freeze(uv, python)):
+            shutil.rmtree(venv)
+    if not python.exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        _run([uv, "venv", "-q", "-p", args.python, str(venv)], "uv venv")
+        done.append("made")
+    t0 = time.monotonic()
     _run([uv, "pip", "install", "-q", "--python", str(python), *shlex.split(args.vllm)],
          f"installing vLLM ({args.vllm})")
     if args.drop:
         subprocess.run([uv, "pip", "uninstall", "-q", "--python", str(python), *args.drop], capture_output=True)
-    return time.monotonic() - t0
+    done.append(f"vLLM installed or up to date ({time.monotonic() - t0:.0f} s)")
+    marker = venv / ".rehearsal-bytecode"
+    frozen = hashlib.sha256("\n".join(sorted(_freeze(uv, python).values())).encode()).hexdigest()
+    if not marker.exists() or marker.read_text() != frozen:
+        t0 = time.monotonic()
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
+        _run([str(python), "-c", WARM_UP], "importing vLLM to compile its bytecode", cwd=venv, env=env)
+        marker.write_text(frozen)
+        done.append(f"bytecode compiled ({time.monotonic() - t0:.0f} s)")
+    return venv, ", ".join(done)
 
 
 def _copy(base: Path, venv: Path) -> None:
-    """A copy of the venv ``base`` at ``venv``: hard links (nothing installs into
-    a file in place: uv adds and removes files; bytecode goes to
-    PYTHONPYCACHEPREFIX), plain copies across file systems."""
+    """A copy of the venv ``base`` at ``venv``: hard links (nothing writes into
+    a file in place: uv adds and removes files, the copies write no bytecode),
+    plain copies across file systems."""
     shutil.rmtree(venv, ignore_errors=True)
     try:
         shutil.copytree(base, venv, symlinks=True, copy_function=os.link)
@@ -194,7 +224,9 @@ def install_by_name(dist: str, versions: dict[str, str], index: Index, base: Pat
         code = ("import sys; sys.path.insert(0, sys.argv[1]); "
                 "from install_alone_check import load_with_vllm; "
                 "[load_with_vllm(d) for d in sys.argv[2:]]")
-        env = {k: v for k, v in os.environ.items() if k != "VLLM_PLUGINS"}  # every plugin, as vLLM by default
+        # every plugin, as vLLM by default; vLLM's bytecode from the copy, none written
+        env = {k: v for k, v in os.environ.items() if k not in ("VLLM_PLUGINS", "PYTHONPYCACHEPREFIX")}
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
         out = _run([str(python), "-c", code, str(LOADER_CHECK.parent), dist, CORE],
                    f"{dist}: vLLM's loader", cwd=venv, env=env)
         lines += [f"  {dist}:{line}" for line in out.splitlines() if "loader:" in line]
@@ -219,22 +251,11 @@ def release(dist: str, version: str, index: Index, work: Path) -> None:
 
 
 def _in_parallel(jobs: int, items: list[str], task) -> list[str]:
-    """Run ``task(item, slot)`` for each item, ``jobs`` at a time (slot: 0 to
-    jobs - 1, one item at a time each); print what each returns; the failures."""
-    slots: queue.Queue[int] = queue.Queue()
-    for slot in range(jobs):
-        slots.put(slot)
-
-    def one(item: str) -> list[str]:
-        slot = slots.get()
-        try:
-            return task(item, slot) or []
-        finally:
-            slots.put(slot)
-
+    """Run ``task(item)`` for each item, ``jobs`` at a time; print the lines
+    each returns as it ends; return the failures."""
     failures = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        for future in concurrent.futures.as_completed([pool.submit(one, item) for item in items]):
+        for future in concurrent.futures.as_completed([pool.submit(task, item) for item in items]):
             try:
                 lines = future.result()
             except Failed as e:
@@ -262,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python", default=f"{sys.version_info.major}.{sys.version_info.minor}")
     parser.add_argument("--jobs", type=int, default=2, help="packages released, plugins checked at once")
     parser.add_argument("--cache", type=Path,
-                        help="kept between runs: the plugin venvs' fixed paths and their bytecode "
-                             "(vLLM imports in about a third of the time once compiled); default: none")
+                        help="kept between runs: the venv with vLLM only and bytecode (default: none, "
+                             "everything made afresh)")
     args = parser.parse_args(argv)
     uv = shutil.which("uv")
     if uv is None:
@@ -273,31 +294,30 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="vllm-plugin-rehearsal-"))
     cache = args.cache.resolve() if args.cache else work / "cache"
-    # Bytecode under one prefix, never beside the sources; each plugin's venv is
-    # made afresh at one of `jobs` fixed paths, so vLLM's bytecode of one serves the next.
+    cache.mkdir(parents=True, exist_ok=True)
+    # The tools' bytecode (twine, uv build's Python side...) kept under the cache,
+    # never beside the sources.
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     os.environ["PYTHONPYCACHEPREFIX"] = str(cache / "pycache")
+    try:
+        # vLLM's venv is made (or brought up to date) while the packages are released
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as background:
+            base = background.submit(vllm_venv, cache, args, uv)
+            try:
+                return _rehearse(work, cache, base, args, uv, t0)
+            finally:
+                with contextlib.suppress(Exception):
+                    base.result()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _rehearse(work: Path, cache: Path, base_made: concurrent.futures.Future, args: argparse.Namespace, uv: str,
+              t0: float) -> int:
+    """Steps 1 to 3 of the module's docstring; exit status."""
     dists = publish.order(ROOT)
     versions = {d: publish.package_version(folder) for d, folder in publish.packages(ROOT).items()}
     plugins = [d for d in dists if d != CORE]
-    base = cache / "vllm"
-    # vLLM's venv is made while the packages are released (it mostly waits on the disk)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as background:
-        base_made = background.submit(make_vllm_venv, base, args, uv)
-        try:
-            return _rehearse(dists, plugins, versions, work, cache, base, base_made, args, uv, t0)
-        finally:
-            base_made.cancel()
-            with contextlib.suppress(Exception):
-                base_made.result()
-            shutil.rmtree(base, ignore_errors=True)
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def _rehearse(dists: list[str], plugins: list[str], versions: dict[str, str], work: Path, cache: Path,
-              base: Path, base_made: concurrent.futures.Future, args: argparse.Namespace, uv: str,
-              t0: float) -> int:
-    """Steps 1 to 3 of the module's docstring; exit status."""
     with local_index(work / "index") as index:
         print(f"rehearsal: pypiserver at {index.url} (packages in {work / 'index'})", flush=True)
         t1 = time.monotonic()
@@ -307,7 +327,7 @@ def _rehearse(dists: list[str], plugins: list[str], versions: dict[str, str], wo
             release(CORE, versions[CORE], index, work)
         except Failed as e:
             return _fail([str(e)], f"releasing {CORE} failed")
-        failures = _in_parallel(args.jobs, plugins, lambda d, slot: release(d, versions[d], index, work))
+        failures = _in_parallel(args.jobs, plugins, lambda d: release(d, versions[d], index, work))
         if failures:
             return _fail(failures, f"{len(failures)} of {len(plugins)} plugin releases failed")
         on_index = {d: [str(v) for v in publish.index_versions(index.simple, d)] for d in dists}
@@ -318,14 +338,14 @@ def _rehearse(dists: list[str], plugins: list[str], versions: dict[str, str], wo
               f"uploaded with twine ({time.monotonic() - t1:.0f} s)", flush=True)
         t2 = time.monotonic()
         try:
-            took = base_made.result()
+            base, done = base_made.result()
         except Failed as e:
             return _fail([str(e)], "vLLM's venv")
-        print(f"rehearsal: a venv with vLLM only ({args.vllm}) made in {took:.0f} s, "
-              f"copied for each plugin ({time.monotonic() - t2:.0f} s waited for it)", flush=True)
+        print(f"rehearsal: the venv with vLLM only ({args.vllm}): {done}; "
+              f"{time.monotonic() - t2:.0f} s waited for it", flush=True)
         t2 = time.monotonic()
-        failures = _in_parallel(args.jobs, plugins, lambda d, slot: install_by_name(
-            d, versions, index, base, cache / f"venv-{slot}", args, uv))
+        failures = _in_parallel(args.jobs, plugins, lambda d: install_by_name(
+            d, versions, index, base, cache / "venvs" / d, args, uv))
         if failures:
             return _fail(failures, f"{len(failures)} of {len(plugins)} plugins failed")
         print(f"rehearsal: {len(plugins)} plugins installed by name next to vLLM, each in a fresh venv, "

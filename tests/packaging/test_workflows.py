@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -68,8 +69,39 @@ def test_release_uses_trusted_publishing() -> None:
     triggers = release.get("on", release.get(True))  # YAML 1.1 reads the key `on` as True
     assert triggers["push"]["tags"] == ["vllm-plugin-*==*"]
     publish = release["jobs"]["publish"]
-    assert publish["permissions"] == {"id-token": "write"}
+    assert publish["permissions"] == {"contents": "read", "id-token": "write"}
     assert publish["environment"]["name"] == "pypi"
     assert any(str(step.get("uses", "")).startswith("pypa/gh-action-pypi-publish@")
                for step in publish["steps"])
     assert "id-token" not in str(release.get("permissions", {})), "id-token only in the publish job"
+
+
+def _runs(job: dict) -> str:
+    return "\n".join(str(step.get("run", "")) for step in job["steps"])
+
+
+def test_release_runs_the_rehearsed_script() -> None:
+    """release.yml runs release/publish.py, the script ``nox -s publish_rehearsal``
+    rehearses: ``prepare`` in the build job, ``check-index`` right before the upload."""
+    jobs = _load("release.yml")["jobs"]
+    assert "python release/publish.py prepare " in _runs(jobs["build"])
+    steps = jobs["publish"]["steps"]
+    check = next(i for i, s in enumerate(steps) if "release/publish.py check-index" in str(s.get("run", "")))
+    upload = next(i for i, s in enumerate(steps) if str(s.get("uses", "")).startswith("pypa/gh-action-pypi-publish@"))
+    assert check < upload, "the index check runs before the upload"
+    rehearse = (ROOT / "release" / "rehearse.py").read_text()
+    assert '"publish.py"), "release"' in rehearse, "the rehearsal releases through release/publish.py"
+
+
+def test_ci_command_and_jobs() -> None:
+    """README's test command is .ci/run's and runs nox's default sessions in
+    their order, publish_rehearsal right after install_alone; tests.yml has a
+    job for each of these sessions (docs has none there)."""
+    ci = next(line for line in (ROOT / ".ci" / "run").read_text().splitlines() if "nox -s" in line)
+    assert ci in (ROOT / "README.md").read_text().splitlines(), "README's test command must be .ci/run's"
+    sessions = ci.split("nox -s", 1)[1].split()
+    assert sessions == _noxfile().nox.options.sessions
+    assert sessions.index("publish_rehearsal") == sessions.index("install_alone") + 1
+    workflow = "\n".join(_runs(job) for job in _load("tests.yml")["jobs"].values())
+    for session in ("lint", "build", "install_alone", "publish_rehearsal", "interfaces"):
+        assert re.search(rf"nox -s [^\n]*\b{session}\b", workflow), f"no tests.yml job runs nox -s {session}"
