@@ -10,7 +10,8 @@ import sys, time, importlib
 t = time.perf_counter()
 for m in ["vllm_plugin_core", "vllm_plugin_core._entry", "vllm_plugin_core.settings",
           "vllm_plugin_core.guard", "vllm_plugin_core.version", "vllm_plugin_core.patches",
-          "vllm_plugin_core.compat", "vllm_plugin_core.cli", "vllm_plugin_core.testing.models",
+          "vllm_plugin_core.compat", "vllm_plugin_core.cli", "vllm_plugin_core.contracts",
+          "vllm_plugin_core.testing.models",
           "vllm_plugin_core.testing.server"]:
     importlib.import_module(m)
 heavy = sorted(m for m in ("vllm", "torch", "transformers", "numpy") if m in sys.modules)
