@@ -439,15 +439,18 @@ def compare_sdist_wheel(wheel: Path, sdist: Path) -> None:
 def build(folder: Path, out: Path, root: Path = ROOT) -> tuple[Path, Path]:
     """Wheel and sdist from the source tree into ``out``, checked."""
     _fresh(out)
-    _run(f"uv build of {folder.relative_to(root)}", [_uv(), "build", "-q", "--sdist", "--wheel", str(folder), "--out-dir", str(out)],
+    _run(f"uv build of {folder.relative_to(root)}",
+         [_uv(), "build", "-q", "--sdist", "--wheel", str(folder), "--out-dir", str(out)],
          f"fix the build of {folder.relative_to(root)} (uv build prints why)")
     wheel, sdist = built(out)
-    _run("twine check --strict", [sys.executable, "-m", "twine", "check", "--strict", str(wheel), str(sdist)],
+    _run("twine check --strict",
+         [sys.executable, "-m", "twine", "check", "--strict", str(wheel), str(sdist)],
          "fix the metadata or README twine names (pip install twine if it is missing)")
     check_wheels = root / "tests" / "packaging" / "check_wheels.py"
     if check_wheels.exists():
         dist = _project(folder)["project"]["name"]
-        _run("tests/packaging/check_wheels.py", [sys.executable, str(check_wheels), str(out), dist], "fix what check_wheels.py names")
+        _run("tests/packaging/check_wheels.py", [sys.executable, str(check_wheels), str(out), dist],
+             "fix what check_wheels.py names")
     compare_sdist_wheel(wheel, sdist)
     return wheel, sdist
 

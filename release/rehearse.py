@@ -25,7 +25,9 @@ packaging into its venv)::
 With ``--cache``, that venv with vLLM is kept between runs (as nox keeps
 its session venvs; made afresh if anything but vLLM's requirements got into
 it), with the bytecode of what vLLM's loaders import compiled in it once, so
-that every copy imports vLLM in about 5 s instead of 13 here. Prints the duration of each phase and of the whole. Exit status 1 on the
+that every copy imports vLLM in about 5 s instead of 13 here.
+
+Prints the duration of each phase and of the whole. Exit status 1 on the
 first failure, with one line saying what failed.
 """
 
