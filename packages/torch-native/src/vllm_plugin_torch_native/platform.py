@@ -204,14 +204,16 @@ class TorchNativePlatform(CpuPlatform):
                         cc.mode)
             cc.mode = CompilationMode.NONE
         # Make sure vLLM dispatches to this platform's ops (forward_oot), with
-        # or without --enforce-eager: CustomOp.enabled() matches "+<registered
-        # name>" (rms_norm, silu_and_mul, rotary_embedding), not the class name.
+        # or without --enforce-eager: CustomOp.enabled() matches "+<name>", and
+        # the class vLLM instantiates is ours, named by register_oot after the
+        # upstream class ("RMSNorm"); upstream's own name ("rms_norm") is
+        # enabled too, for what vLLM reports and checks by that name.
         from vllm_plugin_torch_native.ops import OPS
 
         for upstream in OPS:
-            name = f"+{getattr(upstream, 'name', upstream.__name__)}"
-            if name not in cc.custom_ops and f"-{name[1:]}" not in cc.custom_ops:
-                cc.custom_ops.append(name)
+            for op in dict.fromkeys((upstream.__name__, getattr(upstream, "name", upstream.__name__))):
+                if f"+{op}" not in cc.custom_ops and f"-{op}" not in cc.custom_ops:
+                    cc.custom_ops.append(f"+{op}")
         from vllm_plugin_torch_native.ops import register_custom_ops
 
         register_custom_ops()
