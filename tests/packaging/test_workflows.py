@@ -103,5 +103,5 @@ def test_ci_command_and_jobs() -> None:
     assert sessions == _noxfile().nox.options.sessions
     assert sessions.index("publish_rehearsal") == sessions.index("install_alone") + 1
     workflow = "\n".join(_runs(job) for job in _load("tests.yml")["jobs"].values())
-    for session in ("lint", "build", "install_alone", "publish_rehearsal", "interfaces"):
+    for session in ("lint", "build", "install_alone", "publish_rehearsal"):
         assert re.search(rf"nox -s [^\n]*\b{session}\b", workflow), f"no tests.yml job runs nox -s {session}"
