@@ -31,7 +31,7 @@ def test_slot_mapping_matches_definition():
 
 
 def test_kernel_blocks_inside_kv_manager_blocks():
-    """vLLM 0.29-0.31 split a KV-manager block of 8 tokens into 2 kernel blocks of 4."""
+    """vLLM 0.31 (and 0.29, 0.30 before it) split a KV-manager block of 8 tokens into 2 kernel blocks of 4."""
     table = torch.arange(20, dtype=torch.int32).reshape(1, 20)
     pos = torch.arange(20)
     got = slots.slot_mapping(torch.tensor([0, 20], dtype=torch.int32), pos, table, 1, block_size=4,

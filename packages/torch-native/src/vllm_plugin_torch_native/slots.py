@@ -4,7 +4,7 @@ vLLM computes, at every step, the KV-cache slot of each scheduled token with a
 Triton kernel; its CPU platform swaps in a C++ op
 (``torch.ops._C.compute_slot_mapping_kernel_impl``) that only vLLM's CPU build
 has. :func:`compute_slot_mapping` replaces ``BlockTable.compute_slot_mapping``
-(same signature on vLLM 0.29 to 0.33) in the processes where this platform is
+(same signature on vLLM 0.31 to 0.33; 0.34 has no V1 BlockTable, see runner.py) in the processes where this platform is
 active (:func:`install`), so the platform runs on any vLLM build.
 """
 
