@@ -951,3 +951,84 @@ def test_apply_logit_bias_restores_fully_masked_row():
     assert run(1, True).tolist() == [[-INF, -INF, 1.0, -INF]]
     assert run(0, True).tolist() == [[-INF] * 4]
     assert run(1, False).tolist() == [[-INF] * 4]
+
+
+# --- bounded cost of sampling (review finding: noise for every row at once) ---
+
+class _LargestTensor:
+    """Largest tensor (elements) any op creates inside the block."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        outer = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in (out if isinstance(out, (tuple, list)) else (out,)):
+                    if isinstance(t, torch.Tensor):
+                        outer.largest = max(outer.largest, t.numel())
+                return out
+
+        self.largest = 0
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+
+
+@pytest.mark.parametrize("use_fp64", [False, True])
+def test_gumbel_noise_is_drawn_in_bounded_slices_for_sampling_rows_only(monkeypatch, use_fp64):
+    """64 rows x 4096 tokens, half of them greedy: with the slice set to 8192
+    elements no tensor larger than one slice is made (the hash's int64
+    temporaries included), the winners equal one unsliced draw, and unsliced
+    the noise covers the sampling rows only."""
+    rows, vocab = 64, 4096
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(rows, vocab, generator=g)
+    idx = torch.randperm(rows, generator=g).to(torch.int32)
+    temperature = torch.where(torch.arange(rows) % 2 == 0, 0.0, 0.8).float()
+    seeds = torch.randint(0, 2**40, (rows,), generator=g)
+    positions = torch.randint(0, 500, (rows,), generator=g)
+    args = (logits, idx, temperature, seeds, positions, True, False, use_fp64)
+    whole = cpu_ops.gumbel_sample_cpu(*args)
+    monkeypatch.setattr(cpu_ops, "NOISE_CHUNK_ELEMENTS", 2 * vocab)
+    with _LargestTensor() as probe:
+        sliced = cpu_ops.gumbel_sample_cpu(*args)
+    assert torch.equal(whole, sliced)
+    greedy = temperature[idx.long()] == 0
+    assert torch.equal(sliced[greedy], logits[greedy].argmax(dim=1))
+    # every tensor made is at most one slice (2 rows) of noise
+    assert probe.largest <= 2 * vocab, probe.largest
+    monkeypatch.setattr(cpu_ops, "NOISE_CHUNK_ELEMENTS", 1 << 30)
+    with _LargestTensor() as unbounded:
+        cpu_ops.gumbel_sample_cpu(*args)
+    # unsliced, noise is drawn for the 32 sampling rows only (half the batch)
+    assert unbounded.largest <= rows // 2 * vocab, unbounded.largest
+
+
+def test_dummy_rows_borrow_no_requests_logit_bias():
+    """A row of a dummy request (index -1) is left as it is, even when slot 0
+    holds allowed tokens, a bias and min_tokens."""
+    vocab, slots = 8, 2
+    logits = torch.zeros(2, vocab)
+    mapping = torch.tensor([-1, 0], dtype=torch.int32)
+    allowed = torch.zeros(slots, 4, dtype=torch.int32)
+    allowed[0, 0] = 3
+    bias_ids = torch.zeros(slots, 4, dtype=torch.int32)
+    bias_ids[0, 0] = 5
+    bias = torch.zeros(slots, 4)
+    bias[0, 0] = 2.0
+    stop = torch.zeros(slots, 4, dtype=torch.int32)
+    stop[0, 0] = 3
+    cpu_ops.apply_logit_bias_cpu(
+        logits, mapping, torch.tensor([0, 0]),
+        torch.tensor([1, 0], dtype=torch.int32), allowed,
+        torch.tensor([1, 0], dtype=torch.int32), bias_ids, bias,
+        torch.tensor([5, 0], dtype=torch.int32), torch.tensor([1, 0], dtype=torch.int32),
+        torch.tensor([0, 0], dtype=torch.int32), stop, True)
+    assert torch.equal(logits[0], torch.zeros(vocab))
+    assert torch.isinf(logits[1]).sum() == vocab  # slot 0: only 3 allowed, then 3 masked as a stop token

@@ -249,34 +249,54 @@ def murmur3_uniform(seed: torch.Tensor, pos: torch.Tensor, token: torch.Tensor, 
     return torch.where(u == 1.0, u - 1.1102230246251565e-16, u)
 
 
+#: Most elements (rows x vocabulary) of noise drawn at once: the hash keeps a
+#: few int64 temporaries of that size, so a step of 256 rows x 152k tokens
+#: works in bounded slices instead of gigabytes at once.
+NOISE_CHUNK_ELEMENTS = 1 << 22
+
+
+def _gumbel_rows(logits: torch.Tensor, temp: torch.Tensor, seed: torch.Tensor, pos: torch.Tensor,
+                 apply_temperature: bool, use_fp64: bool) -> torch.Tensor:
+    """Gumbel-max winners of some rows (all with temperature != 0)."""
+    x = logits.float()
+    if apply_temperature:  # in fp32, before any fp64 cast, as the kernel
+        x = x / temp.unsqueeze(1)
+    if use_fp64:
+        x = x.double()
+    token = torch.arange(x.shape[1], device=x.device, dtype=torch.long).unsqueeze(0)
+    u = murmur3_uniform(seed.unsqueeze(1), pos.unsqueeze(1), token, use_fp64).to(x.dtype)
+    if use_fp64:
+        noise = -torch.log(-torch.log(u))
+    else:  # the kernel's _log1p_neg_stable: 1 - u clamped at 2**-24 (u can round to 1.0 in fp32)
+        direct = torch.log(torch.clamp(1.0 - u, min=5.960464477539063e-08))
+        noise = -torch.log(-torch.where(u < 0.25, torch.log1p(-u), direct))
+    return (x + noise).argmax(dim=1)
+
+
 def gumbel_sample_cpu(logits: torch.Tensor, expanded_idx_mapping: torch.Tensor, temperature: torch.Tensor,
                       seeds: torch.Tensor, positions: torch.Tensor, apply_temperature: bool,
                       is_drafting: bool, use_fp64: bool) -> torch.Tensor:
     """Token per row: argmax at temperature 0, else Gumbel-max sampling with
-    noise seeded by (request seed, position, token id). Returns int64."""
+    noise seeded by (request seed, position, token id). Returns int64.
+
+    Noise is drawn only for the rows that sample, at most
+    :data:`NOISE_CHUNK_ELEMENTS` at a time: memory stays a bounded slice
+    whatever the batch, and greedy rows cost one argmax."""
     req = expanded_idx_mapping.long()
     real = req >= 0
     req = req.clamp(min=0)
-    temp = torch.where(real, temperature[req].float(), torch.zeros_like(temperature[req].float()))
-    x = logits.float()
-    if apply_temperature:  # in fp32, before any fp64 cast, as the kernel
-        x = torch.where(temp.unsqueeze(1) != 0, x / torch.where(temp == 0, 1.0, temp).unsqueeze(1), x)
-    if use_fp64:
-        x = x.double()
-    sampling = temp != 0
-    if bool(sampling.any()):
-        seed = torch.where(real, seeds[req].long(), torch.zeros_like(req)).unsqueeze(1)
-        pos = positions.long().unsqueeze(1) + (DRAFT_NOISE_SALT if is_drafting else 0)
-        token = torch.arange(x.shape[1], device=x.device, dtype=torch.long).unsqueeze(0)
-        u = murmur3_uniform(seed, pos, token, use_fp64).to(x.dtype)
-        if use_fp64:
-            noise = -torch.log(-torch.log(u))
-        else:  # the kernel's _log1p_neg_stable: 1 - u clamped at 2**-24 (u can round to 1.0 in fp32)
-            direct = torch.log(torch.clamp(1.0 - u, min=5.960464477539063e-08))
-            log1p_neg = torch.where(u < 0.25, torch.log1p(-u), direct)
-            noise = -torch.log(-log1p_neg)
-        x = torch.where(sampling.unsqueeze(1), x + noise, x)
-    return x.argmax(dim=1)
+    temp = torch.where(real, temperature[req].float(), torch.zeros((), device=logits.device))
+    out = logits.argmax(dim=1)
+    rows = (temp != 0).nonzero().squeeze(1)  # the runner's device is the CPU: no device sync
+    if rows.numel() == 0:
+        return out
+    seed = seeds[req].long()
+    pos = positions.long() + (DRAFT_NOISE_SALT if is_drafting else 0)
+    step = max(1, NOISE_CHUNK_ELEMENTS // max(1, logits.shape[1]))
+    for start in range(0, rows.numel(), step):  # slices of rows, not one iteration per row
+        part = rows[start:start + step]
+        out[part] = _gumbel_rows(logits[part], temp[part], seed[part], pos[part], apply_temperature, use_fp64)
+    return out
 
 
 def apply_logit_bias_cpu(logits: torch.Tensor, expanded_idx_mapping: torch.Tensor, positions: torch.Tensor,
@@ -288,6 +308,7 @@ def apply_logit_bias_cpu(logits: torch.Tensor, expanded_idx_mapping: torch.Tenso
     """In place, per row: keep only ``allowed_token_ids`` (others -inf), add
     ``logit_bias``, and mask stop tokens before ``min_tokens`` (restoring them
     where that would mask the whole row and the request asks so)."""
+    real = expanded_idx_mapping.long() >= 0  # dummy rows (-1) borrow no request's lists
     req = expanded_idx_mapping.long().clamp(min=0)
     dev = logits.device
     row = torch.arange(logits.shape[0], device=dev).unsqueeze(1)
@@ -299,7 +320,7 @@ def apply_logit_bias_cpu(logits: torch.Tensor, expanded_idx_mapping: torch.Tenso
 
     # Allowed token ids: every other token of the row to -inf.
     n_allowed = num_allowed_token_ids[req].long()
-    rows = n_allowed > 0
+    rows = (n_allowed > 0) & real
     if bool(rows.any()):
         r, t = listed(n_allowed, allowed_token_ids[req], rows)
         saved = logits[r, t]
@@ -307,7 +328,7 @@ def apply_logit_bias_cpu(logits: torch.Tensor, expanded_idx_mapping: torch.Tenso
         logits[r, t] = saved
     # Logit bias.
     n_bias = num_logit_bias[req].long()
-    rows = n_bias > 0
+    rows = (n_bias > 0) & real
     if bool(rows.any()):
         keep = (torch.arange(logit_bias.shape[1], device=dev).unsqueeze(0) < n_bias.unsqueeze(1)) & rows.unsqueeze(1)
         r, t = listed(n_bias, logit_bias_token_ids[req], rows)
@@ -315,7 +336,7 @@ def apply_logit_bias_cpu(logits: torch.Tensor, expanded_idx_mapping: torch.Tenso
         logits[r, t] = (logits[r, t].to(acc) + logit_bias[req][keep].to(acc)).to(logits.dtype)
     # Min tokens: stop tokens masked while pos + 1 < min_len.
     n_stop = num_stop_token_ids[req].long()
-    rows = (n_stop > 0) & (positions.long() + 1 < min_lens[req].long())
+    rows = (n_stop > 0) & (positions.long() + 1 < min_lens[req].long()) & real
     if bool(rows.any()):
         r, t = listed(n_stop, stop_token_ids[req], rows)
         original = logits[r, t]

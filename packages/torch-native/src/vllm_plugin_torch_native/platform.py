@@ -19,9 +19,11 @@ Own (this package):
 
 Reused from ``CpuPlatform`` (inherited, unchanged): the worker
 (``vllm.v1.worker.cpu_worker.CPUWorker``, subclassed by :mod:`.worker` to
-lay out linear weights and skip the sleep-mode allocator, and its
-``CPUModelRunner``: memory
-accounting, thread binding, KV-cache allocation, sampling), the device
+lay out linear weights and skip the sleep-mode allocator; its runner is
+V1's ``CPUModelRunner`` on vLLM 0.31 to 0.33 and, on 0.34+, :mod:`.runner`'s
+subclass of vLLM's standalone V2 CPU runner with its step ops from
+:mod:`.cpu_ops`: memory accounting, thread binding, KV-cache allocation,
+sampling), the device
 communicator, memory queries, block-size defaults and environment set-up
 (OpenMP/tcmalloc preloads). vLLM picks its own CPU GEMM only when
 ``is_cpu()`` is true, which it is not for an OOT platform: without
@@ -234,10 +236,12 @@ class TorchNativePlatform(CpuPlatform):
 
     @classmethod
     def register_triton_kernel_overrides(cls) -> None:
-        # CpuPlatform swaps vLLM's Triton kernels for C++ ops of its CPU build
-        # (vLLM 0.31+). The only one reached here, the slot mapping, is
-        # replaced with PyTorch by the worker (slots.py); the others serve
-        # speculative decoding and Mamba, refused at start.
+        # CpuPlatform swaps vLLM's Triton kernels for C++ ops of its CPU build.
+        # On 0.31 to 0.33 the only one reached here, V1's slot mapping, is
+        # replaced with PyTorch by the worker (slots.py); on 0.34+ the
+        # standalone runner calls no Triton kernel and its C++ step ops come
+        # from cpu_ops.py (runner.py). The others serve speculative decoding
+        # and Mamba, refused at start.
         return None
 
     @classmethod
