@@ -79,6 +79,36 @@ def greedy(llm, batches) -> dict:
     return runs
 
 
+def sampling_paths(llm, ps) -> dict:
+    """What the runner's sampling ops produce beyond greedy decoding, as
+    properties the test checks: a seeded request alone and in a batch,
+    allowed_token_ids, logit_bias, min_tokens against a stop token, prompt logprobs."""
+    from vllm import SamplingParams
+
+    def tokens(prompts, sp):
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outs]
+
+    seeded = SamplingParams(temperature=0.9, top_p=0.95, seed=1234, max_tokens=10, ignore_eos=True)
+    other = SamplingParams(temperature=1.0, seed=99, max_tokens=10, ignore_eos=True)
+    alone = tokens([ps[3]], seeded)[0]
+    outs = llm.generate([{"prompt_token_ids": p} for p in (ps[0], ps[3], ps[2])], [other, seeded, other],
+                        use_tqdm=False)
+    batched = list(outs[1].outputs[0].token_ids)
+    first = tokens([ps[3]], SamplingParams(temperature=0.0, max_tokens=1))[0][0]
+    allowed = tokens([ps[3]], SamplingParams(temperature=1.0, seed=5, max_tokens=6, ignore_eos=True,
+                                             allowed_token_ids=[17, 29]))[0]
+    biased = tokens([ps[3]], SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True,
+                                            logit_bias={41: 100.0}))[0]
+    held = tokens([ps[3]], SamplingParams(temperature=0.0, max_tokens=6, min_tokens=4,
+                                          stop_token_ids=[first]))[0]
+    out = llm.generate([{"prompt_token_ids": ps[3]}], SamplingParams(max_tokens=1, prompt_logprobs=1),
+                       use_tqdm=False)[0]
+    prompt_lp = [None if d is None else {str(k): v.logprob for k, v in d.items()} for d in out.prompt_logprobs]
+    return {"seeded_alone": alone, "seeded_batched": batched, "greedy_first": first, "allowed": allowed,
+            "biased": biased, "min_tokens_held": held, "prompt": ps[3], "prompt_logprobs": prompt_lp}
+
+
 def main() -> int:
     model, out_path = sys.argv[1], sys.argv[2]
     nanochat = sys.argv[3] if len(sys.argv) > 3 else None
@@ -105,6 +135,7 @@ def main() -> int:
         ps = prompts()
         # batch sizes 1, 2, 6; the last pass repeats prompts (prefix-cache hits)
         runs = greedy(llm, (("b1", ps[:1]), ("b2", ps[1:3]), ("b6", ps), ("b6_again", ps)))
+        result["sampling"] = sampling_paths(llm, ps)
         if nanochat:  # vllm-plugin-models' NanoChat (GQA), same prompts (ids < its vocab of 512)
             del llm
             gc.collect()

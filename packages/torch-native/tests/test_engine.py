@@ -225,3 +225,27 @@ def test_unsupported_dtype_fails_at_start(runs):
     assert not fp16["started"], "an engine started with dtype=float16"
     # (vLLM's pydantic VllmConfig wraps the platform's ValueError in a ValidationError)
     assert "torch_native platform" in fp16["error"] and "dtype float16 is not supported" in fp16["error"], fp16
+
+
+def test_sampling_paths_of_the_runner(runs):
+    """Beyond greedy decoding (vLLM 0.34: the runner's own Gumbel sampling and
+    logit-bias ops): a seeded request gives the same tokens alone and in a
+    mixed batch; allowed_token_ids, logit_bias and min_tokens do what they
+    say; prompt logprobs are finite and score each prompt token."""
+    import math
+
+    native, _ = runs
+    got = native["sampling"]
+    assert got["seeded_alone"] == got["seeded_batched"]
+    assert len(got["seeded_alone"]) == 10
+    assert got["allowed"] and set(got["allowed"]) <= {17, 29}
+    assert got["biased"] == [41, 41, 41]
+    held = got["min_tokens_held"]
+    assert got["greedy_first"] not in held[:3], held  # the stop token is masked before min_tokens
+    assert len(held) >= 4
+    lps = got["prompt_logprobs"]
+    assert lps[0] is None and len(lps) == len(got["prompt"])
+    for pos, entry in enumerate(lps[1:], start=1):
+        assert str(got["prompt"][pos]) in entry, pos  # the actual prompt token is scored
+        assert all(math.isfinite(v) for v in entry.values())
+
