@@ -8,17 +8,21 @@ packaging into its venv)::
 1. starts ``pypiserver`` on loopback: a free port, an empty temporary packages
    folder, no authentication, no fallback to PyPI (a name the index lacks is
    missing, as on a fresh index);
-2. releases every package through ``release/publish.py release`` in release
-   order (core first, then the plugins, ``--jobs`` at a time), with the tag a maintainer would push
-   (``<distribution>==<__version__>``): version check, README links, build,
-   ``twine check``, sdist rebuilt into the same wheel, index check, then
-   ``twine upload``, the tool the release workflow's upload runs;
+2. releases every package in release order (core first, then the plugins,
+   ``--jobs`` at a time), with the tag a maintainer would push
+   (``<distribution>==<__version__>``), through the ``release/publish.py``
+   steps of ``.github/workflows/release.yml`` in its order: ``prepare``
+   (version check, README links, build, ``twine check``, sdist rebuilt into
+   the same wheel, index check), ``check-index``, then ``upload`` (``twine
+   upload``; the workflow uploads with pypa/gh-action-pypi-publish instead,
+   trusted publishing and attestations, which this does not rehearse);
 3. per plugin, a fresh venv with vLLM only (a hard-linked copy of one venv
    with ``--vllm`` installed, made or brought up to date while step 2 runs:
    the newest CPU build in nox), then the plugin installed BY NAME, the
    index first (``--index``, ``first-index``: a name it has comes from it
    only), PyPI and ``--find-links`` for anything else; checks that the plugin
-   and vllm-plugin-core came in at the uploaded versions, nothing vLLM had
+   and vllm-plugin-core came in at the uploaded versions, and nothing else
+   (but noxfile.py's ``INSTALL_ALONE_ALLOWS`` for it), nothing vLLM had
    changed, and vLLM's own loader (``tests/packaging/install_alone_check.py``'s
    ``load_with_vllm``) loads the entry points of both. Starts no engine.
 
@@ -34,6 +38,7 @@ first failure, with one line saying what failed.
 from __future__ import annotations
 
 import argparse
+import ast
 import concurrent.futures
 import contextlib
 import hashlib
@@ -57,6 +62,7 @@ import publish  # noqa: E402  (release/publish.py, beside this file)
 
 CORE = "vllm-plugin-core"
 LOADER_CHECK = ROOT / "tests" / "packaging" / "install_alone_check.py"
+NOXFILE = ROOT / "noxfile.py"
 #: Given to twine: the rehearsal's index takes uploads without authentication.
 TWINE_ENV = {"TWINE_USERNAME": "rehearsal", "TWINE_PASSWORD": "rehearsal"}
 
@@ -181,6 +187,41 @@ def vllm_venv(cache: Path, args: argparse.Namespace, uv: str) -> tuple[Path, str
     return venv, ", ".join(done)
 
 
+def _canonical(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def install_alone_allows(noxfile: Path = NOXFILE) -> dict[str, set[str]]:
+    """noxfile.py's ``INSTALL_ALONE_ALLOWS`` (read, not imported: this Python
+    has no nox): per plugin, what else installing it alone may bring in."""
+    for node in ast.parse(noxfile.read_text(encoding="utf-8")).body:
+        target = node.target if isinstance(node, ast.AnnAssign) else (
+            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+        if isinstance(target, ast.Name) and target.id == "INSTALL_ALONE_ALLOWS" and node.value is not None:
+            value = ast.literal_eval(node.value)
+            return {_canonical(d): {_canonical(n) for n in names} for d, names in value.items()}
+    raise Failed(f"no INSTALL_ALONE_ALLOWS = {{...}} in {noxfile}: rehearse.py reads it from there")
+
+
+def unexpected_changes(dist: str, before: dict[str, str], after: dict[str, str],
+                       allowed: set[str]) -> str | None:
+    """Why installing ``dist`` next to vLLM changed the wrong things, or None:
+    nothing vLLM had may change, and the distributions added are ``dist`` and
+    vllm-plugin-core, plus only what ``allowed`` (INSTALL_ALONE_ALLOWS) names."""
+    changed = {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
+    touched = sorted(n for n in changed if n in before)
+    if touched:
+        return (f"{dist}: installing it changed what vLLM's environment had: "
+                f"{[f'{before[n]} -> {after.get(n)}' for n in touched]}")
+    added = changed - before.keys()
+    need = {_canonical(dist), CORE}
+    if not need <= added <= need | allowed:
+        return (f"{dist}: installing it by name added {sorted(after[n] for n in added)}, expected exactly "
+                f"{sorted(need)} (plus new {sorted(allowed)} from noxfile.py's INSTALL_ALONE_ALLOWS): "
+                "a plugin depends on vllm-plugin-core only")
+    return None
+
+
 def _copy(base: Path, venv: Path) -> None:
     """A copy of the venv ``base`` at ``venv``: hard links (nothing writes into
     a file in place: uv adds and removes files, the copies write no bytecode),
@@ -212,10 +253,9 @@ def install_by_name(dist: str, versions: dict[str, str], index: Index, base: Pat
         t_install = time.monotonic() - t1
         after = _freeze(uv, python)
         changed = {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
-        touched = sorted(n for n in changed if n in before)
-        if touched:
-            raise Failed(f"{dist}: installing it changed what vLLM's environment had: "
-                         f"{[f'{before[n]} -> {after.get(n)}' for n in touched]}")
+        wrong = unexpected_changes(dist, before, after, install_alone_allows().get(_canonical(dist), set()))
+        if wrong:
+            raise Failed(wrong)
         for name in (dist, CORE):
             want = f"{name}=={versions[name]}"
             if after.get(name) != want:
@@ -239,17 +279,29 @@ def install_by_name(dist: str, versions: dict[str, str], index: Index, base: Pat
     return lines
 
 
+def release_steps(dist: str, version: str, index: Index, out: Path) -> list[list[str]]:
+    """The ``release/publish.py`` commands of ``dist``'s release, in the order
+    of ``.github/workflows/release.yml``: ``prepare`` (its build job),
+    ``check-index`` (its publish job, right before the upload), then
+    ``upload`` (twine, where the workflow runs pypa/gh-action-pypi-publish)."""
+    publish_py = [sys.executable, str(HERE / "publish.py")]
+    return [
+        [*publish_py, "prepare", f"{dist}=={version}", "--out", str(out), "--index-url", index.simple],
+        [*publish_py, "check-index", str(out), "--index-url", index.simple],
+        [*publish_py, "upload", str(out), "--index-url", index.simple, "--repository-url", index.url],
+    ]
+
+
 def release(dist: str, version: str, index: Index, work: Path) -> None:
-    """``release/publish.py release`` for ``dist``'s tag, as the release
-    workflow runs it (prepare, then upload); raises Failed."""
+    """``dist``'s tag released as the release workflow does it: ``prepare``,
+    ``check-index``, ``upload`` (``release_steps``), each a separate run of
+    release/publish.py; raises Failed."""
     tag = f"{dist}=={version}"
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "publish.py"), "release", tag, "--out", str(work / "dist" / dist),
-         "--index-url", index.simple, "--repository-url", index.url],
-        env={**os.environ, **TWINE_ENV}, capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise Failed(f"releasing {tag} failed: {last}\n{proc.stdout}{proc.stderr}")
+    for cmd in release_steps(dist, version, index, work / "dist" / dist):
+        proc = subprocess.run(cmd, env={**os.environ, **TWINE_ENV}, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise Failed(f"releasing {tag} failed at `publish.py {cmd[2]}`: {last}\n{proc.stdout}{proc.stderr}")
 
 
 def _in_parallel(jobs: int, items: list[str], task) -> list[str]:

@@ -79,19 +79,97 @@ def test_every_kind_of_relative_target_is_found(tmp_path: Path) -> None:
         "# foo",
         '<img src="docs/chart.png" alt="chart">',                       # 2: HTML image
         '<a href="../../README.md">repo</a>',                           # 3: HTML link
-        "[ref]: ../../README.md",                                       # 4: reference definition
-        "[![badge](docs/chart.png)](https://example.com/)",             # 5: image inside a link
-        "[a](<docs/chart.png>) and [b](docs/chart.png \"title\")",     # 6: <target> and a title
+        "",                                                             # 4: (ends the HTML block)
+        "See [the repo][ref].",                                         # 5: reference link (9)
+        "[![badge](docs/chart.png)](https://example.com/)",             # 6: image inside a link
+        "[a](<docs/chart.png>) and [b](docs/chart.png \"title\")",     # 7: <target> and a title
+        "",
+        "[ref]: ../../README.md",                                       # 9: its definition
     ]) + "\n"
     problems = _problems(tmp_path, readme)
-    assert [p.split(":", 2)[1] for p in problems] == ["2", "3", "4", "5", "6", "6"], problems
+    assert [p.split(":", 2)[1] for p in problems] == ["2", "3", "6", "7", "7", "9"], problems
     assert [p.split(": ", 1)[1].split(" ", 1)[0] for p in problems] == [
-        "image", "link", "link", "image", "link", "link"], problems
+        "image", "link", "image", "link", "link", "link"], problems
 
 
 def test_code_is_not_a_link(tmp_path: Path) -> None:
     readme = "# foo\n\n```markdown\n[x](docs/chart.png)\n```\n\nInline `[x](docs/chart.png)` too.\n"
     assert _problems(tmp_path, readme) == []
+
+
+def _renders() -> bool:
+    """Whether readme_renderer[md] (PyPI's renderer) is here to render Markdown."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from readme_renderer import markdown
+    except ImportError:
+        return False
+    return bool(getattr(markdown, "variants", None))
+
+
+needs_renderer = pytest.mark.skipif(not _renders(), reason="readme_renderer[md] is in nox -s publish_rehearsal")
+BOTH = pytest.mark.parametrize("render", [
+    False, pytest.param(True, marks=needs_renderer)], ids=["regex", "rendered"])
+
+
+def _fix(problem: str) -> str:
+    """A problem without its ``file:line:`` (the regex and the renderer may
+    place a multi-line tag differently)."""
+    return problem.split(": ", 1)[1]
+
+
+@BOTH
+def test_unquoted_html_attributes_and_srcset_candidates(tmp_path: Path, render: bool) -> None:
+    readme = ("# foo\n\n<img src=docs/chart.png alt=chart>\n\n"
+              f'<picture><source srcset="{REPO}/raw/main/packages/foo/docs/chart.png 1x, docs/chart.png 2x">'
+              f'<img src="{REPO}/raw/main/packages/foo/docs/chart.png"></picture>\n')
+    problems = publish.readme_problems(_tree(tmp_path, readme), tmp_path, render=render)
+    assert problems == [
+        "packages/foo/README.md:3: image 'docs/chart.png' is relative (breaks on the index's project page): "
+        f"write {REPO}/raw/main/packages/foo/docs/chart.png",
+        "packages/foo/README.md:5: image 'docs/chart.png' is relative (breaks on the index's project page): "
+        f"write {REPO}/raw/main/packages/foo/docs/chart.png",
+    ]
+
+
+@BOTH
+def test_fences_of_tildes_and_four_backticks_are_code(tmp_path: Path, render: bool) -> None:
+    readme = ("# foo\n\n~~~markdown\n```\n[x](docs/chart.png)\n```\n~~~\n\n"
+              "````markdown\n```python\n[y](docs/chart.png)\n```\n````\n\n"
+              "## After\n\n[z](docs/chart.png) [up](#after)\n")
+    problems = publish.readme_problems(_tree(tmp_path, readme), tmp_path, render=render)
+    assert problems == [
+        "packages/foo/README.md:17: link 'docs/chart.png' is relative (breaks on the index's project page): "
+        f"write {REPO}/blob/main/packages/foo/docs/chart.png"]
+
+
+@needs_renderer
+def test_html_attributes_on_a_following_line(tmp_path: Path) -> None:
+    readme = '# foo\n\n<p align="center">\n  <img alt="chart"\n       src="docs/chart.png">\n</p>\n'
+    problems = publish.readme_problems(_tree(tmp_path, readme), tmp_path, render=True)
+    assert problems == [
+        "packages/foo/README.md:5: image 'docs/chart.png' is relative (breaks on the index's project page): "
+        f"write {REPO}/raw/main/packages/foo/docs/chart.png"]
+
+
+@needs_renderer
+def test_reference_style_image_needs_a_raw_url(tmp_path: Path) -> None:
+    readme = f"# foo\n\n![chart][c]\n\n[c]: {REPO}/blob/main/packages/foo/docs/chart.png\n"
+    problems = publish.readme_problems(_tree(tmp_path, readme), tmp_path, render=True)
+    assert problems == [
+        f"packages/foo/README.md:5: image '{REPO}/blob/main/packages/foo/docs/chart.png' is a page, not the "
+        f"image: write {REPO}/raw/main/packages/foo/docs/chart.png"]
+
+
+@needs_renderer
+def test_rendered_check_is_the_default_when_the_renderer_is_there(tmp_path: Path) -> None:
+    readme = '# foo\n\n<img alt="chart"\n  src="docs/chart.png">\n'
+    assert [_fix(p) for p in _problems(tmp_path, readme)] == [
+        "image 'docs/chart.png' is relative (breaks on the index's project page): "
+        f"write {REPO}/raw/main/packages/foo/docs/chart.png"]
 
 
 def test_absolute_and_anchor_links_pass(tmp_path: Path) -> None:

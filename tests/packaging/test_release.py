@@ -116,7 +116,7 @@ def _stand_in_index(monkeypatch: pytest.MonkeyPatch, held: dict[str, list[str]])
     from packaging.version import Version
 
     monkeypatch.setattr(publish, "index_versions",
-                        lambda url, dist: sorted(Version(v) for v in held.get(dist, [])))
+                        lambda url, dist, yanked=False: sorted(Version(v) for v in held.get(dist, [])))
 
 
 def test_missing_core_names_the_release_order(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,6 +148,196 @@ def test_version_already_on_the_index(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(publish.ReleaseError, match=r"^vllm-plugin-core 0\.1\.0 is already on IDX .*: set a new "
                                                    r"__version__ in packages/core/src/vllm_plugin_core/__init__\.py"):
         publish.check_index(CORE, "0.1.0", [], "IDX")
+
+
+# ------------------------------------------------------------------ versions that cannot go out
+
+def _no_index() -> list[str]:
+    return ["--index-url", "http://127.0.0.1:9/simple/", "--out", "/nonexistent/never-made"]
+
+
+def test_version_that_is_not_pep440_is_one_line(tmp_path: Path) -> None:
+    pkg = _foo_tree(tmp_path)
+    (pkg / "src" / "vllm_plugin_foo" / "__init__.py").write_text('__version__ = "0.1.0-foo"\n')
+    line = _one_line_failure(_cli("prepare", "vllm-plugin-foo==0.1.0-foo", *_no_index(), root=tmp_path))
+    assert line == ("release: packages/foo/src/vllm_plugin_foo/__init__.py has __version__ = '0.1.0-foo', not a "
+                    "PEP 440 version (an index refuses it): set a version such as 0.1.0, 0.2.0rc1 or 0.1.0.post1 "
+                    "there, commit and tag that commit")
+
+
+def test_annotated_version_is_named(tmp_path: Path) -> None:
+    """hatchling's version source reads ``__version__ = "..."`` only: the
+    annotated form is named, not reported as ``None``."""
+    pkg = _foo_tree(tmp_path)
+    (pkg / "src" / "vllm_plugin_foo" / "__init__.py").write_text('__version__: str = "0.1.0"\n')
+    line = _one_line_failure(_cli("prepare", "vllm-plugin-foo==0.1.0", *_no_index(), root=tmp_path))
+    assert line == ('release: no `__version__ = "..."` line found in packages/foo/src/vllm_plugin_foo/__init__.py '
+                    "(hatchling does not read the annotated `__version__: ... = '0.1.0'`): write "
+                    '`__version__ = "0.1.0"` there, commit and tag that commit')
+
+
+def test_plugin_depending_on_a_sibling_plugin_is_refused(tmp_path: Path) -> None:
+    """Before the index is asked (port 9): installing a plugin alone must bring
+    in core only."""
+    _foo_tree(tmp_path, deps='"vllm-plugin-core", "vllm-plugin-bar>=0.1"')
+    line = _one_line_failure(_cli("prepare", "vllm-plugin-foo==0.1.0", *_no_index(), root=tmp_path))
+    assert line == ("release: vllm-plugin-foo depends on sibling plugins ['vllm-plugin-bar>=0.1'] "
+                    "(packages/foo/pyproject.toml): a plugin depends on vllm-plugin-core only; move what they "
+                    "share into core, or drop the requirement")
+
+
+def test_no_package_depends_on_a_sibling_plugin() -> None:
+    for dist, folder in publish.packages().items():
+        assert publish.sibling_plugin_dependencies(folder) == [], dist
+
+
+@pytest.fixture
+def static_index(tmp_path: Path):
+    """A PEP 503 simple index of static files under ``tmp_path / 'simple'``
+    (http.server on loopback): what a test writes there, it serves."""
+    import functools
+    import http.server
+    import threading
+
+    folder = tmp_path / "simple"
+    folder.mkdir()
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_yanked_version_is_taken(static_index) -> None:
+    """PEP 592: a yanked file is still the index's; it refuses the file name."""
+    folder, url = static_index
+    (folder / CORE).mkdir()
+    (folder / CORE / "index.html").write_text(
+        '<!DOCTYPE html><html><body>\n'
+        '<a href="../../packages/vllm_plugin_core-0.1.0.tar.gz#sha256=00" data-yanked="broken">'
+        'vllm_plugin_core-0.1.0.tar.gz</a>\n'
+        '<a href="../../packages/vllm_plugin_core-0.0.9-py3-none-any.whl">vllm_plugin_core-0.0.9-py3-none-any.whl</a>\n'
+        "</body></html>\n")
+    assert [str(v) for v in publish.index_versions(url, CORE)] == ["0.0.9"]
+    assert [str(v) for v in publish.index_versions(url, CORE, yanked=True)] == ["0.0.9", "0.1.0"]
+    with pytest.raises(publish.ReleaseError, match=r"^vllm-plugin-core 0\.1\.0 is already on http.* \(yanked, which "
+                                                   r"still holds it\) \(an index never takes a version twice\): "
+                                                   r"set a new __version__"):
+        publish.check_index(CORE, "0.1.0", [], url)
+
+
+needs_uv = pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv on PATH (nox installs it)")
+
+
+@needs_uv
+def test_static_version_in_pyproject_is_refused_after_the_build(tmp_path: Path, static_index) -> None:
+    """``__version__`` agrees with the tag but pyproject's static ``version``
+    is what the build uses: the built metadata disagree with the tag."""
+    _, url = static_index  # empty: core is not there yet
+    _foo_tree(tmp_path / "repo")
+    pyproject = tmp_path / "repo" / "packages" / "core" / "pyproject.toml"
+    text = pyproject.read_text().replace('dynamic = ["version"]', 'version = "0.2.0"')
+    pyproject.write_text(text.replace('[tool.hatch.version]\npath = "src/vllm_plugin_core/__init__.py"\n', ""))
+    line = _one_line_failure(_cli("prepare", f"{CORE}==0.1.0", "--index-url", url, "--out", str(tmp_path / "d"),
+                                  root=tmp_path / "repo"))
+    [wheel] = (tmp_path / "d").glob("*.whl")
+    assert line == (f"release: the build made {wheel.name} with Name vllm-plugin-core "
+                    "and Version 0.2.0, not the tag's vllm-plugin-core 0.1.0: let packages/core/pyproject.toml take "
+                    "name 'vllm-plugin-core' and its version from __version__ only (no static `version = ...` under "
+                    '[project]: dynamic = ["version"], [tool.hatch.version] path), then tag that commit')
+
+
+@needs_uv
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_tracked_file_missing_from_the_wheel(tmp_path: Path) -> None:
+    """A folder named build/ under src/: git tracks it (added with -f), hatch
+    leaves it out of the wheel since .gitignore ignores it."""
+    repo = tmp_path / "repo"
+    pkg = _foo_tree(repo)
+    (repo / ".gitignore").write_text("build/\n__pycache__/\n")
+    (pkg / "src" / "vllm_plugin_foo" / "build").mkdir()
+    (pkg / "src" / "vllm_plugin_foo" / "build" / "recipe.txt").write_text("needed at run time\n")
+    (pkg / "src" / "vllm_plugin_foo" / "__pycache__").mkdir()
+    (pkg / "src" / "vllm_plugin_foo" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"junk")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "-f", "."], cwd=repo, check=True)
+    out = tmp_path / "dist"
+    subprocess.run(["uv", "build", "-q", "--wheel", str(pkg), "--out-dir", str(out)], check=True)
+    [wheel] = out.glob("*.whl")
+    with pytest.raises(publish.ReleaseError) as info:
+        publish.check_tracked_in_wheel(pkg, wheel, repo)
+    assert str(info.value) == (
+        f"git tracks packages/foo/src/vllm_plugin_foo/build/recipe.txt but {wheel.name} lacks it: hatch leaves out "
+        "what .gitignore ignores (a folder named build/, dist/...) and what an exclude names: list it in "
+        "packages/foo/pyproject.toml [tool.hatch.build.targets.wheel] artifacts (and the sdist's), or un-ignore "
+        "it in .gitignore (!path), or stop tracking it (git rm --cached)")
+    subprocess.run([*git, "rm", "-q", "--cached", "packages/foo/src/vllm_plugin_foo/build/recipe.txt"],
+                   cwd=repo, check=True)
+    publish.check_tracked_in_wheel(pkg, wheel, repo)  # the rest is there; __pycache__ is junk
+
+
+@needs_uv
+def test_tracked_files_check_is_skipped_outside_git(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    pkg = _foo_tree(tmp_path / "repo")
+    subprocess.run(["uv", "build", "-q", "--wheel", str(pkg), "--out-dir", str(tmp_path / "d")], check=True)
+    [wheel] = (tmp_path / "d").glob("*.whl")
+    if publish.tracked_files(pkg) is not None:
+        pytest.skip("the temporary folder is inside a git checkout")
+    publish.check_tracked_in_wheel(pkg, wheel, tmp_path / "repo")
+    assert "is not in a git checkout: not checked" in capsys.readouterr().out
+
+
+def test_this_checkout_lists_tracked_sources() -> None:
+    tracked = publish.tracked_files(publish.packages()[CORE])
+    if tracked is None:
+        pytest.skip("not a git checkout")
+    assert "vllm_plugin_core/__init__.py" in tracked
+
+
+# ------------------------------------------------------------------ the rehearsal checks what it claims
+
+def _rehearse():
+    return _load("_rehearse_under_test", ROOT / "release" / "rehearse.py")
+
+
+def test_rehearsal_refuses_anything_but_plugin_and_core() -> None:
+    rehearse = _rehearse()
+    before = {"vllm": "vllm==0.32.0", "torch": "torch==2.13.0"}
+    ok = {**before, "vllm-plugin-foo": "vllm-plugin-foo==0.1.0", CORE: f"{CORE}==0.1.0"}
+    assert rehearse.unexpected_changes("vllm-plugin-foo", before, ok, set()) is None
+    sibling = {**ok, "vllm-plugin-bar": "vllm-plugin-bar==0.1.0"}
+    assert rehearse.unexpected_changes("vllm-plugin-foo", before, sibling, set()) == (
+        "vllm-plugin-foo: installing it by name added ['vllm-plugin-bar==0.1.0', 'vllm-plugin-core==0.1.0', "
+        "'vllm-plugin-foo==0.1.0'], expected exactly ['vllm-plugin-core', 'vllm-plugin-foo'] (plus new [] from "
+        "noxfile.py's INSTALL_ALONE_ALLOWS): a plugin depends on vllm-plugin-core only")
+    assert rehearse.unexpected_changes("vllm-plugin-foo", before, sibling, {"vllm-plugin-bar"}) is None
+    no_core = {**before, "vllm-plugin-foo": "vllm-plugin-foo==0.1.0"}
+    assert "expected exactly" in rehearse.unexpected_changes("vllm-plugin-foo", before, no_core, set())
+    upgraded = {**ok, "torch": "torch==2.14.0"}
+    assert rehearse.unexpected_changes("vllm-plugin-foo", before, upgraded, set()) == (
+        "vllm-plugin-foo: installing it changed what vLLM's environment had: ['torch==2.13.0 -> torch==2.14.0']")
+    assert isinstance(rehearse.install_alone_allows(), dict)
+
+
+def test_rehearsal_runs_the_release_workflow_steps_in_its_order() -> None:
+    """prepare, check-index, upload: separate runs, as release.yml's build job
+    (prepare) and publish job (check-index, then the upload) do."""
+    rehearse = _rehearse()
+    steps = rehearse.release_steps(CORE, "0.1.0", rehearse.Index("http://127.0.0.1:1"), Path("out"))
+    assert [cmd[2] for cmd in steps] == ["prepare", "check-index", "upload"]
+    workflow = (ROOT / ".github" / "workflows" / "release.yml").read_text()
+    where = [workflow.index("release/publish.py prepare"), workflow.index("release/publish.py check-index"),
+             workflow.index("pypa/gh-action-pypi-publish@")]
+    assert where == sorted(where)
 
 
 # ------------------------------------------------------------------ the sdist builds the same wheel
