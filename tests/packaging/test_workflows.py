@@ -90,7 +90,8 @@ def test_release_runs_the_rehearsed_script() -> None:
     upload = next(i for i, s in enumerate(steps) if str(s.get("uses", "")).startswith("pypa/gh-action-pypi-publish@"))
     assert check < upload, "the index check runs before the upload"
     rehearse = (ROOT / "release" / "rehearse.py").read_text()
-    assert '"publish.py"), "release"' in rehearse, "the rehearsal releases through release/publish.py"
+    assert all(f'"{step}"' in rehearse for step in ("prepare", "check-index", "upload")), (
+        "the rehearsal runs release.yml's publish.py steps")
 
 
 def test_ci_command_and_jobs() -> None:

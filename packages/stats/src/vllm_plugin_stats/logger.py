@@ -31,7 +31,7 @@ from typing import Any
 
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-from vllm_plugin_core._core_settings import SETTINGS as CORE_SETTINGS
+from vllm_plugin_core.guard import is_strict
 from vllm_plugin_core.settings import SettingError
 from vllm_plugin_stats import SCHEMA_VERSION, __version__, _writer
 from vllm_plugin_stats._settings import SETTINGS
@@ -193,7 +193,7 @@ class JsonlStatLogger(StatLoggerBase):
             self._idle_s = float(SETTINGS.get("IDLE_S"))
             self._queue_max = int(SETTINGS.get("QUEUE_MAX"))
         except SettingError as exc:
-            if CORE_SETTINGS.get("STRICT"):
+            if is_strict():
                 raise
             _bad_settings_notice(exc)
             return

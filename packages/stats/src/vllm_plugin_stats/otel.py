@@ -27,7 +27,7 @@ from typing import Any
 
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-from vllm_plugin_core._core_settings import SETTINGS as CORE_SETTINGS
+from vllm_plugin_core.guard import is_strict
 from vllm_plugin_core.settings import SettingError
 from vllm_plugin_stats import __version__
 from vllm_plugin_stats._otel_config import OtelConfig, OtelConfigError, endpoint_is_set, read_config
@@ -120,7 +120,7 @@ class OtelStatLogger(StatLoggerBase):
                 return
             config = read_config()
         except (SettingError, OtelConfigError) as exc:
-            if CORE_SETTINGS.get("STRICT"):
+            if is_strict():
                 raise
             _once(str(exc), 30, "vllm-plugin-stats: OpenTelemetry metrics export is off: %s "
                   "(VLLM_PLUGIN_STRICT=1 makes this fatal)", exc)
