@@ -98,3 +98,20 @@ def test_doctor_json_shows_the_active_platform():
     rows = [(r["group"], r["name"]) for r in data["plugins"]]
     assert ("vllm.platform_plugins", "torch_native") in rows
     assert ("vllm.general_plugins", "torch_native") in rows
+
+
+def test_detect_stays_off_on_a_vllm_outside_the_range(monkeypatch):
+    """The platform and its ops share one version gate: on a vLLM outside the
+    supported range detect() returns None (one warning), never a half-active platform."""
+    from packaging.version import Version
+
+    from vllm_plugin_core import version
+    from vllm_plugin_torch_native import PLATFORM_PATH, _entry
+
+    monkeypatch.setenv("VLLM_PLUGIN_TORCH_NATIVE", "1")
+    assert _entry.detect() == PLATFORM_PATH
+    monkeypatch.setattr(version, "vllm_version", lambda: Version("0.30.1"))
+    monkeypatch.setattr(version, "_warned", set())
+    assert _entry.detect() is None
+    monkeypatch.setenv("VLLM_PLUGIN_STRICT", "1")  # strict: still None (vLLM would swallow a raise), logged
+    assert _entry.detect() is None

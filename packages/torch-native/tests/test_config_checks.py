@@ -24,3 +24,19 @@ def test_plain_layout_passes():
 def test_unsupported_parallel_layout_is_refused_naming_the_field(field):
     with pytest.raises(UnsupportedConfiguration, match=f"{field}=2"):
         check_supported(_config(**{field: 2}))
+
+
+@pytest.mark.parametrize("flag, words", [
+    ("use_mm_prefix", "prefix-LM"), ("use_non_causal", "non-causal decoder"),
+    ("use_batch_invariant", "VLLM_BATCH_INVARIANT"), ("use_per_head_quant_scales", "per-head"),
+    ("use_pcp", "prefill context parallelism"), ("use_dcp", "decode context parallelism"),
+    ("use_mla", "MLA"), ("has_sink", "sinks"),
+])
+def test_attention_features_it_lacks_are_refused_while_the_model_is_built(flag, words):
+    """vLLM's attention selector passes what each layer needs; the platform
+    refuses what its backend cannot do (before any weight is loaded), naming it."""
+    from vllm_plugin_torch_native.platform import TorchNativePlatform
+
+    selector = SimpleNamespace(**{flag: True})
+    with pytest.raises(UnsupportedConfiguration, match=words):
+        TorchNativePlatform.get_attn_backend_cls(None, selector)

@@ -42,6 +42,8 @@ def detect() -> str | None:
         return None
     if not on:
         return None
+    if not _vllm_in_range():
+        return None
     if not _logged:
         _logged = True
         import os
@@ -51,6 +53,19 @@ def detect() -> str | None:
             ENABLE_VAR, os.environ.get(ENABLE_VAR), os.getpid(), PLATFORM_PATH,
         )
     return PLATFORM_PATH
+
+
+def _vllm_in_range() -> bool:
+    """The same version gate as the ops' registration, so the platform never
+    half-activates on a vLLM outside the supported range (reads package
+    metadata only: vLLM is still resolving its platform here)."""
+    from vllm_plugin_core.version import UnsupportedVllmVersion, requires_vllm
+
+    try:
+        return requires_vllm(SUPPORTED_VLLM, name="vllm-plugin-torch-native").check()
+    except UnsupportedVllmVersion as exc:  # strict mode: vLLM would swallow the raise (debug log)
+        logger.error("torch_native platform not activated: %s", exc)
+        return False
 
 
 def platform_is_active() -> bool:

@@ -180,7 +180,15 @@ class TorchNativePlatform(CpuPlatform):
 
         if attn_selector_config is not None:
             for flag, what in (("use_mla", "MLA"), ("use_sparse", "sparse attention"),
-                               ("has_sink", "attention sinks"), ("use_rswa", "R-SWA")):
+                               ("has_sink", "attention sinks"), ("use_rswa", "R-SWA"),
+                               ("use_mm_prefix", "prefix-LM attention over multimodal tokens "
+                                                 "(Gemma3-MM, PaliGemma)"),
+                               ("use_non_causal", "non-causal decoder attention "
+                                                  "(attention_config.use_non_causal)"),
+                               ("use_batch_invariant", "batch-invariant kernels (VLLM_BATCH_INVARIANT)"),
+                               ("use_per_head_quant_scales", "per-head quantization scales"),
+                               ("use_pcp", "prefill context parallelism"),
+                               ("use_dcp", "decode context parallelism")):
                 # getattr: the selector config gained fields over versions (use_rswa in 0.30).
                 if getattr(attn_selector_config, flag, False):
                     _fail(what, "Use a model without it.")
