@@ -164,3 +164,118 @@ def test_backend_declarations():
     # 0.31 added a kv_cache_spec argument; MultipleOf has no __eq__ before 0.32
     for sizes in (b.get_supported_kernel_block_sizes(), b.get_supported_kernel_block_sizes(kv_cache_spec=None)):
         assert [s.base for s in sizes] == [1]
+
+
+class _LargestTensor:
+    """Largest tensor (elements) any op makes inside the block."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        outer = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in (out if isinstance(out, (tuple, list)) else (out,)):
+                    if isinstance(t, torch.Tensor):
+                        outer.largest = max(outer.largest, t.numel())
+                return out
+
+        self.largest, self._mode = 0, Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+
+
+@pytest.mark.parametrize("window", [None, 6])
+def test_decodes_of_unequal_lengths_match_reference_and_nan_in_unused_slots_cannot_leak(window):
+    """Decodes of contexts 2 to 57 in one step (several length groups), in a
+    cache whose every unwritten slot holds NaN: equal to dense attention,
+    and finite."""
+    g = torch.Generator().manual_seed(1)
+    heads, hkv, d = 4, 2, 8
+    impl = TorchNativeAttentionImpl(heads, d, 1 / math.sqrt(d), hkv, None, window, "auto")
+    lens = [2, 57, 5, 9, 3, 33, 17, 4]
+    nbs = [(n + BLOCK - 1) // BLOCK for n in lens]
+    kv_cache = torch.full((sum(nbs) + 3, hkv, BLOCK, 2 * d), float("nan"))
+    perm = torch.randperm(kv_cache.shape[0], generator=g)
+    width = max(nbs)
+    block_table = torch.zeros(len(lens), width, dtype=torch.int32)
+    at = 0
+    for i, nb in enumerate(nbs):
+        block_table[i, :nb] = perm[at:at + nb]
+        at += nb
+    full = [(torch.randn(n, hkv, d, generator=g), torch.randn(n, hkv, d, generator=g)) for n in lens]
+    # the prompts (all but the last token), then one decode step for every request
+    run_step(impl, kv_cache, block_table, [(0, n - 1, *full[i]) for i, n in enumerate(lens)], heads, hkv, d, g)
+    out, queries, qsl = run_step(impl, kv_cache, block_table, [(n - 1, 1, *full[i]) for i, n in enumerate(lens)],
+                                 heads, hkv, d, g)
+    assert torch.isfinite(out).all()
+    for j, n in enumerate(lens):
+        ref = dense_reference(queries[j], full[j][0], full[j][1], torch.tensor([n - 1]), impl.scale, window)
+        torch.testing.assert_close(out[qsl[j]:qsl[j + 1]].double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_memory_grows_with_the_sum_of_contexts_not_count_times_longest():
+    """64 decodes of 8 tokens beside one of 1024: no tensor of the step is
+    larger than about the long request's own keys and values, where padding
+    every row to the longest would make 65 x 1024 rows."""
+    from vllm_plugin_torch_native.attention import TorchNativeMetadata
+
+    heads = hkv = 2
+    d = 8
+    impl = TorchNativeAttentionImpl(heads, d, 1 / math.sqrt(d), hkv, None, None, "auto")
+    lens = [8] * 64 + [1024]
+    nbs = [(n + BLOCK - 1) // BLOCK for n in lens]
+    kv_cache = torch.randn(sum(nbs), hkv, BLOCK, 2 * d)
+    block_table = torch.zeros(len(lens), max(nbs), dtype=torch.int32)
+    at = 0
+    for i, nb in enumerate(nbs):
+        block_table[i, :nb] = torch.arange(at, at + nb)
+        at += nb
+    n = len(lens)
+    qsl = torch.arange(n + 1, dtype=torch.int32)
+    cm = SimpleNamespace(num_reqs=n, num_actual_tokens=n, max_query_len=1, max_seq_len=1024,
+                         query_start_loc=qsl, query_start_loc_cpu=qsl,
+                         seq_lens=torch.tensor(lens, dtype=torch.int32), block_table_tensor=block_table,
+                         slot_mapping=torch.full((n,), -1), causal=True)
+    meta: TorchNativeMetadata = metadata_from_common(cm)
+    q = torch.randn(n, heads, d)
+    out = torch.zeros_like(q)
+    with _LargestTensor() as probe:
+        impl.forward(None, q, q[:, :hkv], q[:, :hkv], kv_cache, meta, output=out)
+    one_long = 1024 * hkv * 2 * d  # the long request's gathered keys and values
+    assert probe.largest <= one_long, probe.largest
+    assert probe.largest < n * 1024 * hkv * d  # what padding to the longest made
+    assert torch.isfinite(out).all()
+
+
+def test_encoder_requests_of_unequal_lengths_attend_only_to_themselves():
+    """Encoder-only attention over requests of 1 to 40 tokens (several length
+    groups): each equals dense bidirectional attention over its own tokens."""
+    g = torch.Generator().manual_seed(2)
+    heads, hkv, d = 4, 2, 8
+    impl = TorchNativeAttentionImpl(heads, d, 1 / math.sqrt(d), hkv, None, None, "auto",
+                                    attn_type="encoder_only")
+    lens = [5, 1, 40, 3, 17, 9]
+    qsl = [0]
+    for n in lens:
+        qsl.append(qsl[-1] + n)
+    total = qsl[-1]
+    q, k, v = (torch.randn(total, h, d, generator=g) for h in (heads, hkv, hkv))
+    cm = SimpleNamespace(num_reqs=len(lens), num_actual_tokens=total, max_query_len=max(lens),
+                         max_seq_len=max(lens), query_start_loc=torch.tensor(qsl, dtype=torch.int32),
+                         seq_lens=torch.tensor(lens, dtype=torch.int32), block_table_tensor=None,
+                         slot_mapping=None, causal=False)
+    out = torch.zeros_like(q)
+    impl.forward(None, q, k, v, torch.empty(0), metadata_from_common(cm), output=out)
+    for j in range(len(lens)):
+        a, b = qsl[j], qsl[j + 1]
+        kk = k[a:b].repeat_interleave(heads // hkv, dim=1).double()
+        vv = v[a:b].repeat_interleave(heads // hkv, dim=1).double()
+        scores = torch.einsum("thd,shd->hts", q[a:b].double(), kk) * impl.scale
+        ref = torch.einsum("hts,shd->thd", scores.softmax(-1), vv)
+        torch.testing.assert_close(out[a:b].double(), ref, atol=1e-5, rtol=1e-5)

@@ -124,9 +124,11 @@ class TorchNativeMetadata:
     decode_reqs: torch.Tensor | None = None  # indices of one-token requests
     prefill_reqs: list[int] | None = None  # the others
     decode_max_len: int = 0  # longest context among the decode requests
+    #: decode requests grouped by context length (each group's longest at most
+    #: twice its shortest): ``(request indices, longest context)`` per group
+    decode_groups: list[tuple[torch.Tensor, int]] | None = None
     # built by the first decoder layer of the step (see decode_plan)
     decode_plan: tuple[Any, ...] | None = None
-    decode_mask: torch.Tensor | None = None
 
 
 class TorchNativeMetadataBuilder(AttentionMetadataBuilder[TorchNativeMetadata]):
@@ -163,7 +165,9 @@ def metadata_from_common(cm: Any) -> TorchNativeMetadata:
     q_lens = np.diff(np.asarray(qsl, dtype=np.int64))
     decode = np.flatnonzero(q_lens == 1)
     prefill = np.flatnonzero(q_lens > 1).tolist()
+    lens = np.asarray(seq_lens, dtype=np.int64)
     return TorchNativeMetadata(
+        decode_groups=length_groups(decode, lens[decode]) if decode.size else None,
         num_actual_tokens=cm.num_actual_tokens,
         num_reqs=num_reqs,
         max_query_len=cm.max_query_len,
@@ -179,6 +183,20 @@ def metadata_from_common(cm: Any) -> TorchNativeMetadata:
         decode_max_len=int(np.asarray(seq_lens, dtype=np.int64)[decode].max()) if decode.size else 0,
         prefill_reqs=prefill,
     )
+
+
+def length_groups(index: np.ndarray, lengths: np.ndarray) -> list[tuple[torch.Tensor, int]]:
+    """``index`` grouped by ``lengths`` into power-of-two bands, as
+    ``(indices, longest length)``: padding each group to its longest costs
+    each member at most twice its own length, so the step's work and memory
+    grow with the sum of the lengths, not with count x the longest. At most
+    ~log2(longest) groups; vectorised (no loop over requests)."""
+    band = np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64)
+    order = np.argsort(band, kind="stable")
+    band, index, lengths = band[order], index[order], lengths[order]
+    cuts = np.flatnonzero(np.diff(band)) + 1
+    return [(torch.from_numpy(np.ascontiguousarray(i)), int(ln.max()))
+            for i, ln in zip(np.split(index, cuts), np.split(lengths, cuts), strict=True)]
 
 
 def write_kv(kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -302,6 +320,12 @@ class TorchNativeAttentionImpl(AttentionImpl[TorchNativeMetadata]):
             nb = (seq_len + block_size - 1) // block_size
             k, v = gather_kv(kv_cache, m.block_table[i, :nb].long(), d)  # [H_kv, S', D]
             k, v = k[:, :seq_len], v[:, :seq_len]
+            if self.sliding_window is not None:
+                # keys before the first query's window may sit in freed, reused
+                # blocks: zeroed, so no NaN there can reach the output
+                lo = max(0, context - self.sliding_window + 1)
+                k[:, :lo] = 0
+                v[:, :lo] = 0
             q = query[q0:q1].transpose(0, 1)  # [H, q_len, D]
             if context == 0 and self.sliding_window is None:
                 out = F.scaled_dot_product_attention(
@@ -318,51 +342,71 @@ class TorchNativeAttentionImpl(AttentionImpl[TorchNativeMetadata]):
 
     def _encoder(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                  m: TorchNativeMetadata, output: torch.Tensor) -> None:
-        """Non-causal attention of each request over its own tokens of this step."""
-        n = m.num_actual_tokens
-        ends = m.query_start_loc[1:m.num_reqs + 1].long()
-        seq = torch.searchsorted(ends, torch.arange(n, device=query.device), right=True)
-        mask = seq[:, None] == seq[None, :]  # [n, n] block-diagonal
-        q = query[:n].transpose(0, 1)  # [H, n, D]
-        k = key[:n].transpose(0, 1).to(q.dtype)
-        v = value[:n].transpose(0, 1).to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
-                                             enable_gqa=self.gqa)
-        output[:n] = out.transpose(0, 1).to(output.dtype)
+        """Non-causal attention of each request over its own tokens of this
+        step: requests grouped by length (:func:`length_groups`), each group
+        one padded ``scaled_dot_product_attention`` with a key-padding mask,
+        so the work is the sum over requests of about their own length squared
+        (not the step's token count squared)."""
+        qsl = m.query_start_loc[:m.num_reqs + 1].long()
+        starts, q_lens = qsl[:-1], qsl[1:] - qsl[:-1]
+        lens_np = q_lens.numpy() if q_lens.device.type == "cpu" else q_lens.cpu().numpy()
+        for reqs, longest in length_groups(np.arange(m.num_reqs), lens_np):
+            if longest == 0:
+                continue
+            offs = torch.arange(longest, device=query.device)
+            valid = offs[None, :] < q_lens[reqs][:, None]  # [B, L]
+            tok = (starts[reqs][:, None] + offs[None, :]).masked_fill(~valid, 0)  # [B, L]
+            q = query[tok].transpose(1, 2)  # [B, H, L, D]
+            k = key[tok].transpose(1, 2).to(q.dtype)
+            v = value[tok].transpose(1, 2).to(q.dtype)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :],
+                                                 scale=self.scale, enable_gqa=self.gqa)
+            output[tok[valid]] = out.transpose(1, 2)[valid].to(output.dtype)
 
     def _decode(self, query: torch.Tensor, kv_cache: torch.Tensor, m: TorchNativeMetadata,
                 output: torch.Tensor) -> None:
-        rows, lens, block_ids, max_len = decode_plan(m, kv_cache.shape[2])
-        k, v = gather_kv(kv_cache, block_ids, self.head_size)  # [B, H_kv, nb*N, D]
-        k, v = k[:, :, :max_len], v[:, :, :max_len]
-        q = query.index_select(0, rows).unsqueeze(2)  # [B, H, 1, D]
-        mask = m.decode_mask
-        if self.sliding_window is not None:
-            k_pos = torch.arange(max_len)
-            mask = mask & ((lens[:, None] - 1 - k_pos[None, :]) < self.sliding_window)[:, None, None, :]
-        out = F.scaled_dot_product_attention(
-            q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=self.scale,
-            enable_gqa=self.gqa)  # [B, H, 1, D]
-        output.index_copy_(0, rows, out.squeeze(2).to(output.dtype))
+        """Decode requests, one batched attention per length group
+        (:func:`decode_plan`): each row padded to at most twice its own
+        context. Keys and values a row may not see (past its length, outside
+        its window) are zeroed, so stale or NaN cache slots cannot leak."""
+        for rows, lens, block_ids, max_len, mask in decode_plan(m, kv_cache.shape[2]):
+            k, v = gather_kv(kv_cache, block_ids, self.head_size)  # [B, H_kv, nb*N, D]
+            k, v = k[:, :, :max_len], v[:, :, :max_len]
+            if self.sliding_window is not None:
+                k_pos = torch.arange(max_len, device=lens.device)
+                mask = mask & ((lens[:, None] - 1 - k_pos[None, :]) < self.sliding_window)[:, None, None, :]
+            hidden = ~mask.view(mask.shape[0], 1, max_len, 1)
+            k = k.masked_fill(hidden, 0)
+            v = v.masked_fill(hidden, 0)
+            q = query.index_select(0, rows).unsqueeze(2)  # [B, H, 1, D]
+            out = F.scaled_dot_product_attention(
+                q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=self.scale,
+                enable_gqa=self.gqa)  # [B, H, 1, D]
+            output.index_copy_(0, rows, out.squeeze(2).to(output.dtype))
 
 
 def decode_plan(m: TorchNativeMetadata, block_size: int
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """``(rows, lens, block_ids, max_len)`` of the step's decode requests.
+                ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor]]:
+    """``(rows, lens, block_ids, max_len, mask)`` per length group of the
+    step's decode requests.
 
     The same for every layer of a KV-cache group: built at the first layer and
-    kept on the metadata (with the key-padding mask), so each layer runs only
-    the gather, the attention and the write-back.
+    kept on the metadata, so each layer runs only the gather, the attention
+    and the write-back.
     """
     plan = m.decode_plan
-    if plan is None or plan[4] != block_size:
-        reqs = m.decode_reqs
-        assert reqs is not None
-        rows = m.query_start_loc[:m.num_reqs].index_select(0, reqs).long()  # [B] query row of each
-        max_len = m.decode_max_len
-        lens = m.seq_lens[:m.num_reqs].index_select(0, reqs).long()  # [B]
-        nb = (max_len + block_size - 1) // block_size
-        block_ids = m.block_table.index_select(0, reqs)[:, :nb].long()  # [B, nb]
-        m.decode_mask = (torch.arange(max_len)[None, :] < lens[:, None])[:, None, None, :]  # [B, 1, 1, S]
-        plan = m.decode_plan = (rows, lens, block_ids, max_len, block_size)
-    return plan[0], plan[1], plan[2], plan[3]
+    if plan is None or plan[0] != block_size:
+        groups = m.decode_groups
+        if groups is None:  # metadata built elsewhere: one group of every decode request
+            assert m.decode_reqs is not None
+            groups = [(m.decode_reqs, m.decode_max_len)]
+        parts = []
+        for reqs, max_len in groups:
+            rows = m.query_start_loc[:m.num_reqs].index_select(0, reqs).long()  # [B] query row of each
+            lens = m.seq_lens[:m.num_reqs].index_select(0, reqs).long()  # [B]
+            nb = (max_len + block_size - 1) // block_size
+            block_ids = m.block_table.index_select(0, reqs)[:, :nb].long()  # [B, nb]
+            mask = (torch.arange(max_len, device=lens.device)[None, :] < lens[:, None])[:, None, None, :]
+            parts.append((rows, lens, block_ids, max_len, mask))
+        plan = m.decode_plan = (block_size, parts)
+    return plan[1]
