@@ -43,13 +43,15 @@ def worker_info(worker):  # runs in the worker (collective_rpc)
                   if type(m).__name__.startswith("TorchNative")})
     linear = sorted({type(m.quant_method).__module__ + "." + type(m.quant_method).__qualname__
                      for m in model.modules() if getattr(m, "quant_method", None) is not None})
+    heads = [m for m in model.modules() if type(m).__name__ == "ParallelLMHead"]
+    lm_head_weight = [int(m.weight.numel()) for m in heads]
     runner = type(worker.model_runner)
     step_ops = sorted({getattr(m, "ops", None).__name__ for m in _standalone_runner_modules()})
     return {"platform": type(current_platform).__module__ + "." + type(current_platform).__qualname__,
             "attn_impls": impls, "op_classes": ops, "linear_methods": linear,
             "runner": runner.__module__ + "." + runner.__qualname__,
             "runner_bases": [b.__module__ + "." + b.__qualname__ for b in runner.__mro__[1:3]],
-            "runner_step_ops": step_ops}
+            "runner_step_ops": step_ops, "lm_head_weight_numel": lm_head_weight}
 
 
 def _standalone_runner_modules() -> list:

@@ -144,6 +144,8 @@ def test_own_attention_backend_and_ops_are_used(runs):
         "vllm_plugin_torch_native.linear.TorchNativeLinearMethod",
     ]
     assert native["linear_calls"]["linear"] > 0
+    # the test model's LM head is not tied: held once (packed), its [vocab, hidden] weight released
+    assert native["engine"]["lm_head_weight_numel"] == [0]
     # vLLM 0.34+: the platform's runner (vLLM's standalone CPU runner) with
     # every step op of its modules from cpu_ops.py, none from vllm._cpu_ops
     engine = native["engine"]

@@ -20,7 +20,9 @@ prepacked GEMM by up to 1.37x (``benchmarks/bench_gemm.py``); same memory.)
 Only vLLM's plain ``UnquantizedLinearMethod`` layers and the
 ``UnquantizedEmbeddingMethod`` of ``ParallelLMHead`` are swapped. A linear
 layer's original weight is then released (vLLM's CPU platform does the same);
-the LM head keeps it, since it may be tied to the input embedding. For a dtype
+so is the LM head's when nothing else reads it (:func:`lm_head_weight_unshared`:
+not tied to the input embedding, no LoRA, no logits processor projecting in
+another dtype), so an untied head is held once. For a dtype
 other than float32 / bfloat16 nothing is swapped and vLLM's ``F.linear`` stays.
 """
 
@@ -90,6 +92,26 @@ def _swap(layer: Any, method_cls: type, *, release_weight: bool) -> None:
         layer.weight = torch.nn.Parameter(weight.data.new_empty(0), requires_grad=False)
 
 
+def lm_head_weight_unshared(model: torch.nn.Module, head: torch.nn.Module) -> bool:
+    """Whether the LM head's ``[vocab, hidden]`` weight may go once packed:
+    no other module shares its storage (a tied input embedding), no LoRA
+    wrapper is in the model, and no logits processor projects in a dtype other
+    than the weight's (vLLM then reads ``lm_head.weight`` itself)."""
+    ptr = head.weight.data_ptr()
+    for m in model.modules():
+        if m is head:
+            continue
+        if hasattr(m, "base_layer"):
+            return False
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor) and w.numel() and w.data_ptr() == ptr:
+            return False
+        head_dtype = getattr(m, "head_dtype", None)
+        if isinstance(head_dtype, torch.dtype) and head_dtype != head.weight.dtype:
+            return False
+    return True
+
+
 def pack_linear_layers(model: torch.nn.Module) -> int:
     """Swap every plain unquantized linear layer and the LM head of ``model``
     to the platform's GEMM; return the number of layers swapped."""
@@ -107,7 +129,7 @@ def pack_linear_layers(model: torch.nn.Module) -> int:
         if type(qm) is UnquantizedLinearMethod:
             method, release = TorchNativeLinearMethod, True
         elif type(qm) is UnquantizedEmbeddingMethod and isinstance(module, ParallelLMHead):
-            method, release = TorchNativeLMHeadMethod, False
+            method, release = TorchNativeLMHeadMethod, lm_head_weight_unshared(model, module)
         else:
             continue
         if not packed_gemm_supported(weight.dtype):
