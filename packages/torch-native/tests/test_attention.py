@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_cpu_ops import _LargestTensor  # (the largest-tensor probe, shared)
 
 from vllm_plugin_torch_native import BACKEND_PATH
 from vllm_plugin_torch_native.attention import (
@@ -164,30 +165,6 @@ def test_backend_declarations():
     # 0.31 added a kv_cache_spec argument; MultipleOf has no __eq__ before 0.32
     for sizes in (b.get_supported_kernel_block_sizes(), b.get_supported_kernel_block_sizes(kv_cache_spec=None)):
         assert [s.base for s in sizes] == [1]
-
-
-class _LargestTensor:
-    """Largest tensor (elements) any op makes inside the block."""
-
-    def __enter__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        outer = self
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                for t in (out if isinstance(out, (tuple, list)) else (out,)):
-                    if isinstance(t, torch.Tensor):
-                        outer.largest = max(outer.largest, t.numel())
-                return out
-
-        self.largest, self._mode = 0, Mode()
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._mode.__exit__(*exc)
 
 
 @pytest.mark.parametrize("window", [None, 6])
