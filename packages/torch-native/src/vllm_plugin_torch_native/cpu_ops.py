@@ -4,7 +4,7 @@ vLLM 0.34's ``StandaloneCPUModelRunner`` (``vllm/v1/worker/cpu/``) builds each
 step's inputs and samples through ``vllm._cpu_ops``, thin wrappers of C++ ops
 (``torch.ops._C.*_cpu``) that only vLLM's CPU build has. This module offers
 the same functions, same signatures and same in-place contracts, written as
-batched tensor ops (no Python loop over requests or tokens); :mod:`.runner`
+batched tensor ops (no Python loop over requests or tokens; Gumbel noise loops only over bounded slices of rows); :mod:`.runner`
 points the runner's modules at it. Semantics follow the V2 GPU runner's Triton
 kernels of the same names (``vllm/v1/worker/gpu/input_batch.py``,
 ``block_table.py``, ``sample/gumbel.py``, ``sample/logit_bias.py``,
