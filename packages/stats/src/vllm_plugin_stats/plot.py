@@ -3,7 +3,10 @@
 Throughput (prompt and generation tokens/s), running/waiting requests, KV
 cache usage and latency percentiles (TTFT, TPOT, e2e: p50 and p99), one line
 per run and engine. Each value is drawn as a step over the interval it
-covers, so a coalesced idle record shows as one flat span. Needs matplotlib
+covers, so a coalesced idle record shows as one flat span. A value with no
+neighbour to join (a series of one point, a zero-length interval, or a span
+too short to see on the time axis, such as the latency of the one interval
+in which requests finished) is drawn as a marker too. Needs matplotlib
 (``pip install 'vllm-plugin-stats[plot]'``); it is imported only here.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -22,6 +26,9 @@ __all__ = ["PANELS", "figure", "plot_files", "write"]
 
 #: Panel titles, top to bottom.
 PANELS = ("Throughput (tokens/s)", "Requests running / waiting", "KV cache usage (%)", "Latency (s)")
+#: A run of consecutive values shorter than this share of the time axis is
+#: drawn with markers as well as a line (a line that short is hard to see).
+SHORT_SPAN = 0.01
 #: Figure size in inches at ``DPI``: 1000 x 1000 pixels.
 SIZE = (10.0, 10.0)
 DPI = 100
@@ -69,6 +76,34 @@ def _series(run: Run, engine: int, t0: float) -> dict[str, list[Any]]:
     return out
 
 
+def _isolated(x: list[float], y: list[Any], min_span: float) -> tuple[list[float], list[float]]:
+    """The points of ``(x, y)`` in runs of consecutive finite values that span
+    less than ``min_span`` on the x axis (a lone point spans 0)."""
+    px: list[float] = []
+    py: list[float] = []
+    run: list[int] = []
+    for i in range(len(x) + 1):
+        if i < len(x) and y[i] is not None and math.isfinite(y[i]):
+            run.append(i)
+            continue
+        if run and (x[run[-1]] - x[run[0]] < min_span or x[run[-1]] == x[run[0]]):
+            for j in run:
+                if not px or (px[-1], py[-1]) != (x[j], y[j]):
+                    px.append(x[j])
+                    py.append(y[j])
+        run = []
+    return px, py
+
+
+def _draw(ax: Any, x: list[float], y: list[Any], min_span: float, **kw: Any) -> None:
+    """A line, plus a marker on each value the line alone would not show."""
+    (line,) = ax.plot(x, y, **kw)
+    px, py = _isolated(x, y, min_span)
+    if px:
+        ax.plot(px, py, linestyle="none", marker="o", markersize=5, color=line.get_color(),
+                alpha=kw.get("alpha"))
+
+
 def figure(runs: list[Run]) -> Any:
     """A matplotlib ``Figure`` with the four panels of :data:`PANELS`."""
     Figure = _matplotlib()
@@ -77,6 +112,8 @@ def figure(runs: list[Run]) -> Any:
     times = [float(r["ts"]) - float(r.get("interval_s") or 0.0)
              for run in runs for r in run.records if r["type"] == "interval"]
     t0 = min(times, default=0.0)
+    ends = [float(r["ts"]) for run in runs for r in run.records if r["type"] == "interval"]
+    min_span = SHORT_SPAN * (max(ends, default=t0) - t0)
     for i, run in enumerate(runs, 1):
         for engine in run.engines:
             s = _series(run, engine, t0)
@@ -84,14 +121,15 @@ def figure(runs: list[Run]) -> Any:
                 continue
             tag = (f"run {i} " if len(runs) > 1 else "") + (f"engine {engine} " if len(run.engines) > 1 else "")
             x = s["x"]
-            axes[0].plot(x, s["gen"], label=f"{tag}generation")
-            axes[0].plot(x, s["prompt"], label=f"{tag}prompt", linestyle="--")
-            axes[1].plot(x, s["running"], label=f"{tag}running")
-            axes[1].plot(x, s["waiting"], label=f"{tag}waiting", linestyle="--")
-            axes[2].plot(x, s["kv"], label=f"{tag}KV usage")
+            _draw(axes[0], x, s["gen"], min_span, label=f"{tag}generation")
+            _draw(axes[0], x, s["prompt"], min_span, label=f"{tag}prompt", linestyle="--")
+            _draw(axes[1], x, s["running"], min_span, label=f"{tag}running")
+            _draw(axes[1], x, s["waiting"], min_span, label=f"{tag}waiting", linestyle="--")
+            _draw(axes[2], x, s["kv"], min_span, label=f"{tag}KV usage")
             for key, name, style in (("ttft", "TTFT", "-"), ("tpot", "TPOT", "-."), ("e2e", "e2e", ":")):
-                axes[3].plot(x, s[f"{key}50"], label=f"{tag}{name} p50", linestyle=style)
-                axes[3].plot(x, s[f"{key}99"], label=f"{tag}{name} p99", linestyle=style, alpha=0.6)
+                _draw(axes[3], x, s[f"{key}50"], min_span, label=f"{tag}{name} p50", linestyle=style)
+                _draw(axes[3], x, s[f"{key}99"], min_span, label=f"{tag}{name} p99", linestyle=style,
+                      alpha=0.6)
     for ax, title in zip(axes, PANELS, strict=True):
         ax.set_title(title, loc="left", fontsize=10)
         ax.grid(True, alpha=0.3)
