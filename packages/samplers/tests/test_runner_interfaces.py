@@ -532,3 +532,37 @@ def test_v2_mixed_windows_have_no_host_sync(spec, digits_tokenizer):
         for _ in range(3):
             proc.apply(logits, ctx)
     assert not proc.failures  # a sync caught by the mode is contained inside apply: fail here
+
+
+@pytest.mark.parametrize("cls", [NoRepeatNgramLogitsProcessor, DryLogitsProcessor])
+def test_v2_a_finished_request_is_released_at_removal(cls, digits_tokenizer):
+    """V2 gives processors no "request finished" callback; vLLM's runner frees
+    the slot with its request state's remove_request. Called here as vLLM
+    defines it (on a stand-in holding the same token history): the slot stops
+    counting as active at once and the bank gives the long request's width
+    back, without waiting for the slot to be reused; the short request still
+    gets its penalties."""
+    from vllm.v1.worker.gpu.states import RequestState
+
+    v2 = compat.v2_logits_interface()
+    tokens = torch.tensor([[1, 2, 3] * 6, [4, 5] * 9]).repeat(1, 230)
+    tokens[0, 8:] = 0
+    req_states = v2_state(v2, tokens, [8, 4000], [8, 4000])
+    proc = cls(Cfg, req_states)
+    extra = {"dry_sequence_breakers": ["9"], **ARGS[cls]} if cls is DryLogitsProcessor else ARGS[cls]
+    for s in (0, 1):
+        proc.add_request(s, sp(**extra))
+    proc.apply_staged_writes()
+    proc.apply(torch.zeros(2, VOCAB), v2_ctx(v2, [0, 1], [0, 0], [3, 5], [7, 3999], [8, 4000]))
+    assert proc.batch.bank.width > 4000
+    runner_state = SimpleNamespace(req_id_to_index={"a": 0, "b": 1}, index_to_req_id={0: "a", 1: "b"},
+                                   free_indices=[], all_token_ids=req_states.all_token_ids)
+    assert RequestState.remove_request(runner_state, "b") == 1
+    assert runner_state.free_indices == [1]
+    assert not proc.active_np[1] and not bool(proc.active[1]) and proc.len_ub[1] == 0
+    assert proc.batch.bank.width == 256
+    if cls is DryLogitsProcessor:
+        assert proc.batch.set_np[1] == 0  # its breaker set no longer counts as used
+    tokens[0, 8] = 3
+    got = proc.apply(torch.zeros(1, VOCAB), v2_ctx(v2, [0], [0], [3], [8], [9]))
+    assert torch.isinf(got[0, 1]) if cls is NoRepeatNgramLogitsProcessor else got[0, 1] < 0

@@ -90,6 +90,9 @@ class _Batch:
     def reset_mask(self, tok: torch.Tensor, rows_slot: torch.Tensor) -> torch.Tensor | None:
         return None
 
+    def release(self, slot: int) -> None:
+        """The request in ``slot`` left (its settings are overwritten at the next admission)."""
+
     def append_rows(self, slots: torch.Tensor | slice, x: torch.Tensor, cols: slice = slice(None)) -> None:
         """Append token ``x[k]`` to slot ``slots[k]`` (distinct slots, or a slice) in
         columns ``cols``; one scatter."""

@@ -21,6 +21,7 @@ untouched after one host-side check.
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,59 @@ def make_resolver(vllm_config: Any) -> Resolver:
     """The breaker resolver for the model's tokenizer (built once, at start)."""
     mc = vllm_config.model_config
     return load_resolver(str(mc.tokenizer), bool(mc.trust_remote_code), getattr(mc, "tokenizer_revision", None))
+
+
+# V2: processors told when vLLM's runner frees a request slot, keyed by the id
+# of the request state's token-history tensor (one runner, one key).
+_WATCHERS: dict[int, list[weakref.ref]] = {}
+_REMOVAL_CLASSES = (("vllm.v1.worker.gpu.states", "RequestState"),  # vLLM's V2 GPU runner
+                    ("vllm.v1.worker.cpu.states", "CPURequestState"))  # 0.34's standalone CPU runner
+
+
+def _history_tensor(buffer: Any) -> Any:
+    return getattr(buffer, "gpu", buffer)
+
+
+def _notify_removed(req_states: Any, slot: int) -> None:
+    t = _history_tensor(getattr(req_states, "all_token_ids", None))
+    for ref in list(_WATCHERS.get(id(t), ())):
+        proc = ref()
+        if proc is not None and _history_tensor(proc.req_states.all_token_ids) is t:
+            proc.request_removed(slot)
+
+
+def _watch_removals(proc: _SamplerProcessor) -> bool:
+    """V2 has no "request finished" callback: vLLM's runners free a finished
+    (or preempted) request's slot with their request state's
+    ``remove_request(req_id) -> slot``. Wrap that method (once per class) so
+    that ``proc`` hears of it and releases the slot then, not when the slot
+    is next reused. False where this vLLM has no such method."""
+    import importlib
+
+    watched = False
+    for module, name in _REMOVAL_CLASSES:
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except Exception:  # that runner is not in this vLLM
+            continue
+        orig = getattr(cls, "remove_request", None)
+        if orig is None:
+            continue
+        if not getattr(orig, "_vllm_plugin_samplers", False):
+            def remove_request(self: Any, req_id: Any, *args: Any, _orig: Any = orig, **kwargs: Any) -> Any:
+                slot = _orig(self, req_id, *args, **kwargs)
+                if isinstance(slot, int):
+                    _notify_removed(self, slot)
+                return slot
+
+            remove_request._vllm_plugin_samplers = True  # type: ignore[attr-defined]
+            remove_request.__wrapped__ = orig  # type: ignore[attr-defined]
+            cls.remove_request = remove_request
+        watched = True
+    key = id(_history_tensor(proc.req_states.all_token_ids))
+    refs = [r for r in _WATCHERS.get(key, ()) if r() is not None]
+    _WATCHERS[key] = [*refs, weakref.ref(proc)]
+    return watched
 
 
 def _num_spec(vllm_config: Any) -> int:
@@ -87,6 +141,8 @@ class _SamplerProcessor(*compat.logits_processor_bases("vllm-plugin-samplers")):
         self.len_ub = np.zeros(slots + 1, dtype=np.int64)
         #: Failures contained inside the engine, by where they happened.
         self.failures: dict[str, int] = {}
+        if self.v2:
+            _watch_removals(self)
 
     # ---- containment: a failure here never reaches the engine (outside strict mode) ----
     def _contain(self, where: str, exc: Exception, slots: Any) -> None:
@@ -228,6 +284,20 @@ class _SamplerProcessor(*compat.logits_processor_bases("vllm-plugin-samplers")):
         self._staged.append((req_idx, (p, sampling_params)))
         return True
 
+    def request_removed(self, slot: int) -> None:
+        """V2: vLLM's runner freed ``slot`` (its request finished or was
+        preempted): the slot stops counting as active and its state is
+        released now (the bank may shrink), not when the slot is reused."""
+        try:
+            self._staged = [(s, q) for s, q in self._staged if s != slot]
+            if self.active_np[slot]:
+                self.active_np[slot] = False
+                self.active[slot:slot + 1].fill_(False)  # a scalar kernel argument, no copy
+            self.len_ub[slot] = 0
+            self._release(slot)
+        except Exception as exc:
+            self._contain("request_removed", exc, [slot])
+
     def _take_staged(self) -> list[tuple[int, tuple[Any, Any]]]:
         """Turn off the slots staged off; return (and clear) the staged admissions."""
         for slot in getattr(self, "_staged_off", ()):
@@ -283,6 +353,17 @@ class _SuffixProcessor(_SamplerProcessor):
 
     def _slot_tensors(self) -> list[torch.Tensor]:
         return [self.batch.cap]
+
+    def _release(self, slot: int) -> None:
+        """Free what the slot held; the bank gives its width back if the
+        requests still active need a quarter of it or less."""
+        b = self.batch
+        b.release(slot)
+        if self.v2:
+            need = b.need_all(np.flatnonzero(self.active_np), self.len_ub)
+        else:
+            need = max((b.need(r, int(n)) for r, (_, _, n) in self.rows.items()), default=0)
+        b.bank.fit_width(need)
 
     def _apply_v1(self, logits: torch.Tensor) -> None:
         rows, new = self._v1_new_tokens()
@@ -422,9 +503,6 @@ class DryLogitsProcessor(_SuffixProcessor):
     def _slot_tensors(self) -> list[torch.Tensor]:
         b = self.batch
         return [b.cap, b.mult, b.log_base, b.max_exp, b.allowed, b.last_n, b.set_idx, b.set_np]
-
-    def _release(self, slot: int) -> None:
-        self.batch.release(slot)
 
     def _admit(self, slot: int, p: P.DryParams, sampling_params: Any, tokens: torch.Tensor) -> None:
         self.batch.set_breakers(slot, self._breakers(p, sampling_params))
