@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_cpu_ops import _LargestTensor  # (the largest-tensor probe, shared)
+from test_cpu_ops import _LargestTensor, _PeakLiveBytes  # (the memory probes, shared)
 
 from vllm_plugin_torch_native import BACKEND_PATH
 from vllm_plugin_torch_native.attention import (
@@ -256,3 +256,49 @@ def test_encoder_requests_of_unequal_lengths_attend_only_to_themselves():
         scores = torch.einsum("thd,shd->hts", q[a:b].double(), kk) * impl.scale
         ref = torch.einsum("hts,shd->thd", scores.softmax(-1), vv)
         torch.testing.assert_close(out[a:b].double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def _decode_step_peak_bytes(lens: list[int], heads: int = 2, hkv: int = 2, d: int = 8) -> int:
+    """Peak live bytes the attention step allocates for one decode of each request."""
+    from vllm_plugin_torch_native.attention import TorchNativeMetadata
+
+    impl = TorchNativeAttentionImpl(heads, d, 1 / math.sqrt(d), hkv, None, None, "auto")
+    nbs = [(n + BLOCK - 1) // BLOCK for n in lens]
+    kv_cache = torch.randn(sum(nbs), hkv, BLOCK, 2 * d)
+    block_table = torch.zeros(len(lens), max(nbs) + 3, dtype=torch.int32)  # wider than any row needs
+    at = 0
+    for i, nb in enumerate(nbs):
+        block_table[i, :nb] = torch.arange(at, at + nb)
+        at += nb
+    n = len(lens)
+    qsl = torch.arange(n + 1, dtype=torch.int32)
+    cm = SimpleNamespace(num_reqs=n, num_actual_tokens=n, max_query_len=1, max_seq_len=max(lens),
+                         query_start_loc=qsl, query_start_loc_cpu=qsl,
+                         seq_lens=torch.tensor(lens, dtype=torch.int32), block_table_tensor=block_table,
+                         slot_mapping=torch.full((n,), -1), causal=True)
+    q = torch.randn(n, heads, d)
+    out = torch.zeros_like(q)
+    with _PeakLiveBytes() as probe:
+        meta: TorchNativeMetadata = metadata_from_common(cm)
+        impl.forward(None, q, q[:, :hkv], q[:, :hkv], kv_cache, meta, output=out)
+        del meta
+    assert torch.isfinite(out).all()
+    return probe.peak
+
+
+def test_decode_peak_memory_grows_with_the_sum_of_contexts():
+    """Peak bytes of a decode step (metadata and attention together): 64 short
+    requests beside one long one add about their own size to the long one's
+    step alone, not 64 x the longest; and the step's peak grows linearly with
+    the long context (2x context: about 2x bytes)."""
+    hkv, d = 2, 8
+    kv_per_token = hkv * 2 * d * 4  # keys and values, float32
+    long_alone = _decode_step_peak_bytes([1024])
+    mixed = _decode_step_peak_bytes([8] * 64 + [1024])
+    shorts = 64 * 8 * kv_per_token
+    padded = 65 * 1024 * kv_per_token  # padding every row to the longest
+    assert mixed <= long_alone + 4 * shorts, (mixed, long_alone, shorts)
+    assert mixed < padded / 8, (mixed, padded)
+    longer = _decode_step_peak_bytes([8] * 64 + [2048])
+    assert longer <= 2.2 * mixed, (longer, mixed)
+

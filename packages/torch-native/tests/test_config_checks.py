@@ -40,3 +40,53 @@ def test_attention_features_it_lacks_are_refused_while_the_model_is_built(flag, 
     selector = SimpleNamespace(**{flag: True})
     with pytest.raises(UnsupportedConfiguration, match=words):
         TorchNativePlatform.get_attn_backend_cls(None, selector)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"dtype": "float16"}, "dtype not supported"),
+    ({"kv_cache_dtype": "fp8"}, "kv_cache_dtype not supported"),
+    ({"attn_type": "encoder_decoder"}, "attention type encoder_decoder"),
+])
+def test_the_backends_own_validate_configuration_is_asked(change, words):
+    """Beyond the explicit flags, what the backend's validate_configuration
+    refuses for a layer (vLLM's real selector config) fails at start, naming it."""
+    import torch
+    from vllm.v1.attention.selector import AttentionSelectorConfig
+
+    from vllm_plugin_torch_native.platform import TorchNativePlatform
+
+    fields = {"head_size": 64, "dtype": torch.float32, "kv_cache_dtype": "auto", "block_size": 16}
+    TorchNativePlatform.get_attn_backend_cls(None, AttentionSelectorConfig(**fields))  # accepted
+    if "dtype" in change:
+        change = {"dtype": getattr(torch, change["dtype"])}
+    with pytest.raises(UnsupportedConfiguration, match=words):
+        TorchNativePlatform.get_attn_backend_cls(None, AttentionSelectorConfig(**{**fields, **change}))
+
+
+def test_v2_runner_on_a_v1_vllm_is_refused_naming_the_variable():
+    """On 0.31-0.33 the platform runs V1's CPU runner; a config that makes
+    vLLM build its V2 runner there fails at start, naming the fix."""
+    from vllm_plugin_core.compat import standalone_cpu_runner_available
+
+    config = _config()
+    config.use_v2_model_runner = True
+    if standalone_cpu_runner_available():
+        check_supported(config)  # 0.34: always the platform's own V2 CPU runner
+        return
+    with pytest.raises(UnsupportedConfiguration, match="VLLM_USE_V2_MODEL_RUNNER=0"):
+        check_supported(config)
+    config.use_v2_model_runner = False
+    check_supported(config)
+
+
+def test_a_value_head_size_other_than_the_key_head_size_is_refused():
+    import torch
+
+    from vllm_plugin_torch_native.worker import refuse_unequal_value_head_size
+
+    model = torch.nn.Sequential(torch.nn.Module(), torch.nn.Module())
+    model[0].head_size, model[0].head_size_v = 64, 64
+    refuse_unequal_value_head_size(model)
+    model[1].head_size, model[1].head_size_v = 64, 128
+    with pytest.raises(UnsupportedConfiguration, match=r"value head size \(128\).*layer 1"):
+        refuse_unequal_value_head_size(model)

@@ -980,6 +980,46 @@ class _LargestTensor:
         self._mode.__exit__(*exc)
 
 
+class _PeakLiveBytes:
+    """Peak bytes of the tensors the ops inside the block allocate and that are
+    alive at once (views and in-place results are not allocations; a tensor
+    counts until Python frees it)."""
+
+    def __enter__(self):
+        import weakref
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        outer = self
+
+        def free(nbytes):
+            outer.live -= nbytes
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                inputs = {a.untyped_storage().data_ptr() for a in torch.utils._pytree.tree_leaves((args, kwargs))
+                          if isinstance(a, torch.Tensor)}
+                for t in (out if isinstance(out, (tuple, list)) else (out,)):
+                    if not isinstance(t, torch.Tensor) or t._base is not None:
+                        continue
+                    storage = t.untyped_storage()
+                    if storage.data_ptr() in inputs or storage.nbytes() == 0:
+                        continue
+                    outer.live += storage.nbytes()
+                    outer.peak = max(outer.peak, outer.live)
+                    weakref.finalize(t, free, storage.nbytes())
+                return out
+
+        self.live = self.peak = 0
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+
+
 @pytest.mark.parametrize("use_fp64", [False, True])
 def test_gumbel_noise_is_drawn_in_bounded_slices_for_sampling_rows_only(monkeypatch, use_fp64):
     """64 rows x 4096 tokens, half of them greedy: with the slice set to 8192

@@ -339,6 +339,28 @@ def attention_backend_name(name: str, class_path: str) -> str:
     return getattr(member, "name", str(member))
 
 
+def attention_backend_refusals(backend: type, selector_config: Any, device_capability: Any = None) -> list[str]:
+    """The reasons ``backend.validate_configuration`` gives for the layer that
+    vLLM's attention selector describes (``AttentionSelectorConfig``), or [].
+
+    Why: the selector config gained fields over versions (``use_rswa``,
+    ``use_adaptive_verification``); only the ones this vLLM's
+    ``validate_configuration`` takes are passed. Feature detection.
+    Can go: never (the signature moves with vLLM).
+    """
+    import inspect
+
+    validate = getattr(backend, "validate_configuration", None)
+    as_dict = getattr(selector_config, "_asdict", None)
+    if validate is None or as_dict is None:
+        return []
+    accepted = inspect.signature(validate).parameters
+    kwargs = {k: v for k, v in as_dict().items() if k in accepted}
+    if "device_capability" in accepted:
+        kwargs["device_capability"] = device_capability
+    return list(validate(**kwargs))
+
+
 # --- 8. CPU worker and model runner ---
 
 def standalone_cpu_runner_available() -> bool:
@@ -363,6 +385,20 @@ def cpu_memory_fraction(cache_config: Any) -> float:
     """
     resolved = getattr(cache_config, "resolved_gpu_memory_utilization", None)
     return float(resolved if resolved is not None else cache_config.gpu_memory_utilization)
+
+
+def v1_runner_replaced_by_v2(vllm_config: Any) -> bool:
+    """Whether vLLM 0.31 to 0.33 would build its V2 runner where a platform
+    expects V1's CPU runner (``VLLM_USE_V2_MODEL_RUNNER=1``, or by default
+    wherever Triton is usable, such as a GPU host).
+
+    Why: on those versions ``CPUWorker`` builds the Triton-based V2 CPU runner
+    when ``vllm_config.use_v2_model_runner`` is true. 0.34 has no V1 runner
+    (False there). Can go: when 0.33 leaves the matrix.
+    """
+    if standalone_cpu_runner_available():
+        return False
+    return bool(getattr(vllm_config, "use_v2_model_runner", False))
 
 
 # --- environment variables ---

@@ -101,6 +101,13 @@ def check_supported(vllm_config: Any) -> None:
               "Leave decode_context_parallel_size at 1.")
     if getattr(vllm_config, "speculative_config", None) is not None:
         _fail("speculative decoding", "Drop speculative_config.")
+    from vllm_plugin_core.compat import v1_runner_replaced_by_v2
+
+    if v1_runner_replaced_by_v2(vllm_config):
+        _fail("vLLM's V2 model runner on vLLM 0.31 to 0.33 (chosen by VLLM_USE_V2_MODEL_RUNNER=1, "
+              "or by default where Triton is usable; this platform runs V1's CPU runner there)",
+              "Set VLLM_USE_V2_MODEL_RUNNER=0, or use vLLM 0.34, where the platform runs its own "
+              "V2 CPU runner.")
 
 
 @contextmanager
@@ -192,6 +199,16 @@ class TorchNativePlatform(CpuPlatform):
                 # getattr: the selector config gained fields over versions (use_rswa in 0.30).
                 if getattr(attn_selector_config, flag, False):
                     _fail(what, "Use a model without it.")
+            # Then whatever else the backend's own validate_configuration
+            # refuses (head size, dtype, KV-cache dtype, block size, attention
+            # type, KV connector, ...), as vLLM's in-tree platforms ask it.
+            from vllm_plugin_core.compat import attention_backend_refusals
+            from vllm_plugin_torch_native.attention import TorchNativeAttentionBackend
+
+            reasons = attention_backend_refusals(TorchNativeAttentionBackend, attn_selector_config)
+            if reasons:
+                _fail(f"this attention layer ({'; '.join(reasons)}: {attn_selector_config!r})",
+                      "Use a model and settings its attention backend supports.")
         member = register_attention_backend(BACKEND_NAME, BACKEND_PATH)
         path = member.get_path() if callable(getattr(member, "get_path", None)) else BACKEND_PATH
         if selected_backend is not None and selected_backend != member:

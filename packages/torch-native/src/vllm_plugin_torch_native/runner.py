@@ -134,15 +134,15 @@ def make_runner_class() -> type:
 
 
 @contextmanager
-def runner_in_place() -> Iterator[None]:
+def runner_in_place() -> Iterator[type]:
     """While ``CPUWorker.init_device`` runs: the standalone runner's module
     hands out :func:`make_runner_class`'s class (the worker imports the class
-    from that module when it builds its runner)."""
+    from that module when it builds its runner); yields that class."""
     from vllm.v1.worker.cpu import standalone_model_runner as module
 
     original = module.StandaloneCPUModelRunner
-    module.StandaloneCPUModelRunner = make_runner_class()
+    cls = module.StandaloneCPUModelRunner = make_runner_class()
     try:
-        yield
+        yield cls
     finally:
         module.StandaloneCPUModelRunner = original

@@ -37,6 +37,20 @@ def requested_memory(gpu_memory_utilization: float) -> int:
     return math.ceil(total * gpu_memory_utilization)
 
 
+def refuse_unequal_value_head_size(model: Any) -> None:
+    """Refuse at start a model whose attention layers have values of another
+    head size than keys (``head_size_v``, vLLM 0.34): the paged cache here
+    holds keys and values at one head size."""
+    from vllm_plugin_torch_native.platform import _fail
+
+    for name, module in model.named_modules():
+        head_size_v = getattr(module, "head_size_v", None)
+        head_size = getattr(module, "head_size", None)
+        if isinstance(head_size_v, int) and isinstance(head_size, int) and head_size_v != head_size:
+            _fail(f"attention with a value head size ({head_size_v}) other than its key head size "
+                  f"({head_size}) in layer {name}", "Use a model whose keys and values share a head size.")
+
+
 class TorchNativeWorker(CPUWorker):
     def __init__(self, vllm_config: Any, local_rank: int, rank: int, distributed_init_method: str,
                  is_driver_worker: bool = False) -> None:
@@ -52,13 +66,20 @@ class TorchNativeWorker(CPUWorker):
         if standalone_cpu_runner_available():
             # vLLM >= 0.34: CPUWorker builds the standalone CPU runner (the
             # platform says so); its step ops come from cpu_ops.py.
-            with runner.runner_in_place():
+            with runner.runner_in_place() as expected:
                 super().init_device()
+            if not isinstance(self.model_runner, expected):
+                from vllm_plugin_torch_native.platform import _fail
+
+                _fail(f"model runner {type(self.model_runner).__qualname__} (this platform runs its own "
+                      "TorchNativeModelRunner, vLLM's standalone CPU runner on PyTorch step ops)",
+                      "Leave worker_cls and the platform's runner choice at their defaults.")
             return
         super().init_device()
 
     def load_model(self, *args: Any, **kwargs: Any) -> None:
         super().load_model(*args, **kwargs)
+        refuse_unequal_value_head_size(self.model_runner.get_model())
         # The platform's own GEMM (linear.py): weights laid out once ([in, out]), after loading.
         pack_linear_layers(self.model_runner.get_model())
 
