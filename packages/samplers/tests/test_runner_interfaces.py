@@ -566,3 +566,90 @@ def test_v2_a_finished_request_is_released_at_removal(cls, digits_tokenizer):
     tokens[0, 8] = 3
     got = proc.apply(torch.zeros(1, VOCAB), v2_ctx(v2, [0], [0], [3], [8], [9]))
     assert torch.isinf(got[0, 1]) if cls is NoRepeatNgramLogitsProcessor else got[0, 1] < 0
+
+
+def _ops(fn) -> int:
+    """Tensor operations ``fn`` dispatches (views aside)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    count = [0]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            count[0] += not func.is_view
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return count[0]
+
+
+BATCH_ARGS = {NoRepeatNgramLogitsProcessor: [{"no_repeat_ngram_size": 2}, {"no_repeat_ngram_size": 3},
+                                             {"no_repeat_ngram_size": 2, "no_repeat_ngram_window": 7}],
+              DryLogitsProcessor: [{"dry_multiplier": 1.0, "dry_allowed_length": 1},
+                                   {"dry_multiplier": 1.0, "dry_allowed_length": 2, "dry_penalty_last_n": 9},
+                                   {"dry_multiplier": 1.0, "dry_allowed_length": 1, "dry_sequence_breakers": ["3"]}]}
+
+
+def _expected_row(extra, ctx_tokens):
+    row = torch.zeros(VOCAB)
+    if "no_repeat_ngram_size" in extra:
+        from reference import ngram_banned_window
+
+        for t in ngram_banned_window(ctx_tokens, extra["no_repeat_ngram_size"], extra.get("no_repeat_ngram_window", 0)):
+            row[t] = float("-inf")
+        return row
+    from reference import dry_penalty
+
+    breakers = {3} if "dry_sequence_breakers" in extra else set()
+    for t, p in dry_penalty(ctx_tokens, 1.0, 1.75, extra["dry_allowed_length"], breakers,
+                            extra.get("dry_penalty_last_n", 0)).items():
+        row[t] -= p
+    return row
+
+
+@pytest.mark.parametrize("cls", [NoRepeatNgramLogitsProcessor, DryLogitsProcessor])
+def test_v2_admitting_many_requests_is_a_fixed_number_of_ops(cls, digits_tokenizer):
+    """A step that admits many requests runs as many tensor operations as one
+    that admits one (their contexts packed into one tensor, matched at once,
+    scattered into the bank once), and every request then gets exactly what
+    it gets when admitted alone, step by step, and the brute-force penalties."""
+    import random
+
+    v2 = compat.v2_logits_interface()
+    rng = random.Random(7)
+    n = 24
+    contexts = [[rng.randrange(5) for _ in range(rng.randrange(3, 50))] for _ in range(n)]
+    extras = [BATCH_ARGS[cls][s % 3] for s in range(n)]
+    tokens = torch.zeros(n, 64, dtype=torch.long)
+    for s, c in enumerate(contexts):
+        tokens[s, :len(c)] = torch.tensor(c)
+    lens = [len(c) for c in contexts]
+
+    def processor():
+        return cls(Cfg, v2_state(v2, tokens, lens, lens))
+
+    def admit(proc, slots):
+        for s in slots:
+            proc.add_request(s, sp(**extras[s]))
+        return lambda: proc.apply_staged_writes()
+
+    together, alone = processor(), processor()
+    admit(together, range(n))()
+    for s in range(n):
+        admit(alone, [s])()
+    ctx = v2_ctx(v2, list(range(n)), [0] * n, [c[-1] for c in contexts], [x - 1 for x in lens], lens)
+    got, want = together.apply(torch.zeros(n, VOCAB), ctx), alone.apply(torch.zeros(n, VOCAB), ctx)
+    assert torch.equal(got, want)
+    for s in range(n):
+        assert torch.allclose(got[s], _expected_row(extras[s], contexts[s])), s
+    # Counted: requests of one length (the binary search's rounds follow the longest match).
+    same = [[1, 2, 3, 1, 2, 4] * 5 for _ in range(n)]
+    for s, c in enumerate(same):
+        tokens[s, :30] = torch.tensor(c)
+    lens[:] = [30] * n
+    one, many = processor(), processor()
+    admit(one, [0, 1, 2])(), admit(many, [0, 1, 2])()  # each breaker set gets its tables once: not counted
+    # One request of each kind (the rounds follow the largest cap) against 21.
+    ops_one, ops_many = _ops(admit(one, [3, 4, 5])), _ops(admit(many, range(3, n)))
+    assert ops_many == ops_one, (ops_one, ops_many)

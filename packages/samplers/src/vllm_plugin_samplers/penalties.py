@@ -10,6 +10,7 @@ logits-sized temporary).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 
 from .breakers import MAX_TAIL, BreakerSet
 from .params import DryParams
-from .suffix import SuffixBank, admit, append
+from .suffix import SuffixBank, admit_packed, append
 
 __all__ = ["DryBatch", "NgramBatch"]
 
@@ -112,14 +113,66 @@ class _Batch:
             return new_tok, new_match
         return torch.where(do[:, None], new_tok, tok), torch.where(do[:, None], new_match, match)
 
-    def _write(self, slot: int, tokens: torch.Tensor, cap: int, cap_t: torch.Tensor | int) -> None:
-        n = tokens.numel()
-        self.bank.ensure_width(self.need(slot, n))
-        w = self.window[slot]
-        keep = tokens[-(self.bank.width):] if w <= 0 else tokens[-min(n, self.bank.width):]
-        # Matches of the kept part only need the kept part (see SuffixBank).
-        match = admit(keep, cap_t, cap)
-        self.bank.write(slot, keep, match, n)
+    #: Per-slot device tensors an admission sets, in the order of :meth:`_settings`' columns.
+    settings: tuple[str, ...] = ()
+
+    def _settings(self, entries: list) -> np.ndarray:
+        """Host side of an admission: float64 ``[len(entries), len(settings)]``."""
+        raise NotImplementedError
+
+    def _limits(self, tok: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor, first: torch.Tensor,
+                last: torch.Tensor, slot: torch.Tensor, n_seg: int) -> torch.Tensor:
+        """[K] bound of each admitted position's match."""
+        return self.cap[slot[seg]]
+
+    def admit_rows(self, entries: list, lengths: np.ndarray, source: torch.Tensor, rows: np.ndarray,
+                   starts: np.ndarray) -> torch.Tensor:
+        """Admit requests in one batch of tensor operations, whatever their number.
+
+        ``entries[s][0]`` is request s's slot (distinct; the rest is what
+        :meth:`_settings` reads); its context is ``source[rows[s],
+        starts[s]:starts[s] + lengths[s]]`` (host arrays; ``source`` 2-D, on
+        the device: the V2 runner's token history, or contexts packed in one
+        row). The kept part of every context (its last ``need`` tokens) is
+        gathered into one packed tensor, matched at once
+        (:func:`~.suffix.admit_packed`) and scattered into the bank. Returns
+        the slots as a device tensor.
+        """
+        values = self._settings(entries)  # host bookkeeping first (it may remap set rows)
+        slots = np.asarray([e[0] for e in entries], dtype=np.int64)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        w = self.window[slots]
+        self.bank.ensure_width(int((np.where(w > 0, np.minimum(lengths, w), lengths) + 1).max()))
+        c = self.bank.width
+        # A windowed row reads only its last max(window + 1, TAIL_COLS) columns again.
+        keep = np.minimum(np.minimum(lengths, c), np.where(w > 0, np.maximum(w + 1, TAIL_COLS), c))
+        at = np.concatenate([[0], np.cumsum(keep)[:-1]]).astype(np.int64)
+        meta = np.stack([slots, np.asarray(rows, dtype=np.int64), np.asarray(starts, dtype=np.int64) + lengths - keep,
+                         keep, at, lengths, c - keep], 1).astype(np.float64)
+        dev = _upload(np.concatenate([meta, values], 1), self.device)
+        slot, row, src, kept, at_d, n_d, col0 = dev[:, :7].long().unbind(1)
+        for name, col in zip(self.settings, dev[:, 7:].unbind(1), strict=True):
+            t = functools.reduce(getattr, name.split("."), self)
+            t.index_copy_(0, slot, col.to(t.dtype))
+        k = int(keep.sum())
+        pos = torch.arange(k, device=self.device)
+        seg = torch.searchsorted(at_d, pos, right=True) - 1
+        first = at_d[seg]
+        local = pos - first
+        last = first + kept[seg] - 1
+        tok = source[row[seg], src[seg] + local].long()
+        limit = self._limits(tok, pos, seg, first, last, slot, len(entries))
+        caps = values[:, self.settings.index("cap")].astype(np.int64)
+        max_len = int(np.minimum(caps, keep - 1).max()) if k else 0
+        match = admit_packed(tok, first, last, limit, max_len, int(keep.max()) if k else 0)
+        bank = self.bank
+        bank.tok.index_fill_(0, slot, -1)
+        bank.match.index_fill_(0, slot, 0)
+        target = (slot[seg], col0[seg] + local)
+        bank.tok.index_put_(target, tok.to(torch.int32))
+        bank.match.index_put_(target, match)
+        bank.length.index_copy_(0, slot, n_d)
+        return slot
 
     @staticmethod
     def _scatter_min(logits: torch.Tensor, rows: torch.Tensor | slice, nxt: torch.Tensor, valid: torch.Tensor,
@@ -143,6 +196,14 @@ class _Batch:
         index = (rows[:, None] * s0 + index * s1).reshape(-1)
         minus = minus.reshape(-1) if isinstance(minus, torch.Tensor) else minus
         _scatter_min_2d(target, index, valid.reshape(-1), minus)
+
+
+def _upload(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    """One host array to the device in one copy (from pinned memory on CUDA, not blocking the host)."""
+    t = torch.from_numpy(np.ascontiguousarray(values))
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def flat_view(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]] | None:
@@ -177,7 +238,9 @@ class TokenSets:
         self.row_np = np.zeros(slots + 1, dtype=np.int64)
         self.row = torch.zeros(slots + 1, dtype=torch.long, device=device)
 
-    def assign(self, slot: int, ids: frozenset[int]) -> None:
+    def assign(self, slot: int, ids: frozenset[int], device: bool = True) -> None:
+        """Point ``slot`` at set ``ids``'s row (added once); ``device=False``
+        leaves :attr:`row` to the caller (an admission writes it for all its slots at once)."""
         ids = frozenset(i for i in ids if i < self.vocab)
         r = 0 if not ids else self.rows.get(ids)
         if r is None:
@@ -188,7 +251,8 @@ class TokenSets:
             self.table = torch.cat([self.table, mask])
             r = self.rows[ids] = self.table.shape[0] - 1
         self.row_np[slot] = r
-        self.row[slot] = r
+        if device:
+            self.row[slot] = r
 
     def _compact(self) -> None:
         used = set(self.row_np.tolist())
@@ -217,15 +281,21 @@ class NgramBatch(_Batch):
         self.whitelist = TokenSets(slots, vocab, device)
         self.any_whitelist = False
 
+    settings = ("last_n", "cap", "need_len", "whitelist.row")
+
     def add(self, slot: int, n: int, tokens: torch.Tensor, window: int = 0,
             whitelist: frozenset[int] = frozenset()) -> None:
-        self.window[slot] = window
-        self.last_n[slot] = window
-        self.cap[slot] = n - 1
-        self.need_len[slot] = n - 1
-        self.whitelist.assign(slot, whitelist)
-        self.any_whitelist |= bool(whitelist)
-        self._write(slot, tokens, n - 1, n - 1)
+        """Admit one request (:meth:`admit_rows` with one entry)."""
+        self.admit_rows([(slot, n, window, whitelist)], [tokens.numel()], tokens.to(self.device)[None], [0], [0])
+
+    def _settings(self, entries: list) -> np.ndarray:
+        """Entries ``(slot, n, window, whitelist)``."""
+        for slot, _, window, whitelist in entries:
+            self.window[slot] = window
+            self.whitelist.assign(slot, whitelist, device=False)
+            self.any_whitelist |= bool(whitelist)
+        return np.asarray([(window, n - 1, n - 1, self.whitelist.row_np[slot])
+                           for slot, n, window, _ in entries], dtype=np.float64)
 
     def penalize(self, logits: torch.Tensor, rows: torch.Tensor | slice, slots: torch.Tensor | slice,
                  tok: torch.Tensor | None = None, match: torch.Tensor | None = None,
@@ -266,8 +336,9 @@ class DryBatch(_Batch):
         # Multi-token breakers: (tail tensor, head mask [vocab], set index).
         self.tails: list[tuple[torch.Tensor, torch.Tensor, int]] = []
 
-    def set_breakers(self, slot: int, bs: BreakerSet) -> None:
-        """Point ``slot`` at the device tables of breaker set ``bs`` (added once)."""
+    def set_breakers(self, slot: int, bs: BreakerSet, device: bool = True) -> None:
+        """Point ``slot`` at the device tables of breaker set ``bs`` (added once);
+        ``device=False`` leaves :attr:`set_idx` to the caller (an admission)."""
         idx = self._sets.get(bs)
         if idx is None:
             # Sets no live request uses are dropped once they are as many as
@@ -278,7 +349,8 @@ class DryBatch(_Batch):
                 self._rebuild({b for b, i in self._sets.items() if i in used})
             idx = self._sets[bs] = len(self._sets) + 1
             self._add_tables(bs, idx)
-        self.set_idx[slot] = idx
+        if device:
+            self.set_idx[slot] = idx
         self.set_np[slot] = idx
 
     def release(self, slot: int) -> None:
@@ -340,30 +412,53 @@ class DryBatch(_Batch):
             reset |= self._tail_ends(tok[:, c - min(c, k):], sidx)[:, -1]
         return reset
 
-    def add(self, slot: int, p: DryParams, tokens: torch.Tensor) -> None:
-        """Admit a request: settings, then matches for its whole context."""
-        self.window[slot] = p.penalty_last_n if p.penalty_last_n > 0 else 0
-        max_exp = int(_FLOAT32_MAX_LOG / math.log(p.base)) if p.base > 1.000001 else None
-        cap = p.allowed_length + max_exp if max_exp is not None else _NO_CAP
-        self.mult[slot] = p.multiplier
-        self.log_base[slot] = math.log(p.base)
-        self.max_exp[slot] = float("inf") if max_exp is None else float(max_exp)
-        self.allowed[slot] = p.allowed_length
-        self.last_n[slot] = self.window[slot]
-        self.cap[slot] = min(cap, _NO_CAP)
-        n = tokens.numel()
-        self.bank.ensure_width(self.need(slot, n))
-        keep = tokens[-min(n, self.bank.width):].to(self.device)
-        # rep_limit: matches never reach back across the end of the last breaker.
-        row = keep.to(torch.int32)[None]
-        sidx = self.set_idx[slot: slot + 1]
-        ends = self._is_single(sidx, row)
+    settings = ("mult", "log_base", "max_exp", "allowed", "last_n", "cap", "set_idx")
+
+    def add(self, slot: int, p: DryParams, tokens: torch.Tensor, bs: BreakerSet | None = None) -> None:
+        """Admit one request (:meth:`admit_rows` with one entry); ``bs`` None:
+        the set :meth:`set_breakers` gave the slot."""
+        if bs is None:
+            bs = next((b for b, i in self._sets.items() if i == self.set_np[slot]), BreakerSet(frozenset()))
+        self.admit_rows([(slot, p, bs)], [tokens.numel()], tokens.to(self.device)[None], [0], [0])
+
+    def _settings(self, entries: list) -> np.ndarray:
+        """Entries ``(slot, DryParams, BreakerSet)``."""
+        for slot, p, bs in entries:
+            self.set_breakers(slot, bs, device=False)
+            self.window[slot] = p.penalty_last_n if p.penalty_last_n > 0 else 0
+        values = []
+        for slot, p, _ in entries:
+            max_exp = int(_FLOAT32_MAX_LOG / math.log(p.base)) if p.base > 1.000001 else None
+            cap = p.allowed_length + max_exp if max_exp is not None else _NO_CAP
+            values.append((p.multiplier, math.log(p.base), math.inf if max_exp is None else float(max_exp),
+                           p.allowed_length, self.window[slot], min(cap, _NO_CAP), self.set_np[slot]))
+        return np.asarray(values, dtype=np.float64)
+
+    def _limits(self, tok: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor, first: torch.Tensor,
+                last: torch.Tensor, slot: torch.Tensor, n_seg: int) -> torch.Tensor:
+        """rep_limit: matches never reach back across the end of the last breaker."""
+        sidx = self.set_idx[slot][seg]
+        ends = self._is_single(sidx, tok)
         if self.tails:
-            ends |= self._tail_ends(row, sidx)
-        pos = torch.arange(keep.numel(), device=self.device)
-        last = torch.where(ends[0], pos, -1).max() if keep.numel() else torch.full((), -1, dtype=torch.long, device=self.device)
-        limit = torch.clamp(keep.numel() - 1 - last, max=min(cap, _NO_CAP))
-        self.bank.write(slot, keep, admit(keep, limit, min(cap, keep.numel())), n)
+            ends |= self._tail_ends_packed(tok, sidx, pos - first)
+        mark = torch.where(ends, pos, first - 1)
+        last_end = torch.zeros(n_seg, dtype=torch.long, device=tok.device)
+        last_end.scatter_reduce_(0, seg, mark, reduce="amax", include_self=False)
+        return torch.minimum(last - last_end[seg], self.cap[slot][seg].long())
+
+    def _tail_ends_packed(self, tok: torch.Tensor, sidx: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+        """[K] bool: a multi-token breaker of the position's set ends there (contexts packed in ``tok``)."""
+        out = torch.zeros(tok.shape, dtype=torch.bool, device=tok.device)
+        m, k_all = max(t.numel() for t, _, _ in self.tails) + 1, tok.numel()
+        padded = torch.cat([tok.new_full((m,), -1), tok])  # padded[m + q] = tok[q]
+        for tail, heads, idx in self.tails:
+            k = tail.numel()
+            head = padded[m - k: m - k + k_all]
+            ok = (sidx == idx) & (local >= k) & heads[head.clamp(0, self.vocab - 1)] & (head >= 0)
+            for j in range(k):
+                ok &= padded[m - k + 1 + j: m - k + 1 + j + k_all] == tail[j]
+            out |= ok
+        return out
 
     def penalize(self, logits: torch.Tensor, rows: torch.Tensor | slice, slots: torch.Tensor | slice,
                  tok: torch.Tensor | None = None, match: torch.Tensor | None = None,

@@ -203,22 +203,15 @@ class _SamplerProcessor(*compat.logits_processor_bases("vllm-plugin-samplers")):
             return
         for index in batch_update.removed:
             self._drop_row(index)
+        added: dict[int, tuple[Any, Any, Any, Any]] = {}
         for index, sampling_params, prompt_ids, output_ids in batch_update.added:
             p = self._params(sampling_params)
             self._drop_row(index)
-            if p is None:
-                continue
-            prompt = prompt_ids or ()
-            try:
-                toks = (torch.tensor([*prompt, *output_ids], dtype=torch.long, device=self.device)
-                        if self.needs_tokens else None)
-                self._admit(index, p, sampling_params, toks)
-            except Exception as exc:
-                self._contain("admission", exc, [index])
-                continue
-            # vLLM's live output list and the prompt's length: no copy of the context.
-            self.rows[index] = (len(prompt), output_ids, len(prompt) + len(output_ids))
-            self._set_active(index, True)
+            added.pop(index, None)
+            if p is not None:
+                added[index] = (p, sampling_params, prompt_ids or (), output_ids)
+        if added:
+            self._admit_added(added)
         _, direction = compat.batch_update_types()
         for a, b, how in batch_update.moved:
             swap = how == direction.SWAP
@@ -230,6 +223,24 @@ class _SamplerProcessor(*compat.logits_processor_bases("vllm-plugin-samplers")):
             self._move(a, b, swap)
             for s in (a, b):
                 self._set_active(s, s in self.rows)
+
+    def _admit_added(self, added: dict[int, tuple[Any, Any, Any, Any]]) -> None:
+        """V1: admit the rows ``index -> (params, sampling params, prompt ids,
+        vLLM's live output list)`` of one batch update."""
+        for index, (p, sampling_params, prompt, output_ids) in added.items():
+            try:
+                toks = (torch.tensor([*prompt, *output_ids], dtype=torch.long, device=self.device)
+                        if self.needs_tokens else None)
+                self._admit(index, p, sampling_params, toks)
+            except Exception as exc:
+                self._contain("admission", exc, [index])
+                continue
+            self._add_row(index, prompt, output_ids)
+
+    def _add_row(self, index: int, prompt: Any, output_ids: Any) -> None:
+        # vLLM's live output list and the prompt's length: no copy of the context.
+        self.rows[index] = (len(prompt), output_ids, len(prompt) + len(output_ids))
+        self._set_active(index, True)
 
     def _drop_row(self, index: int) -> None:
         if self.rows.pop(index, None) is not None:
@@ -353,6 +364,69 @@ class _SuffixProcessor(_SamplerProcessor):
 
     def _slot_tensors(self) -> list[torch.Tensor]:
         return [self.batch.cap]
+
+    def _entry(self, slot: int, p: Any, sampling_params: Any) -> tuple:
+        """Host side of one admission: the batch entry of request slot ``slot``."""
+        raise NotImplementedError
+
+    def _admit(self, slot: int, p: Any, sampling_params: Any, tokens: torch.Tensor) -> None:
+        self.batch.admit_rows([self._entry(slot, p, sampling_params)], [tokens.numel()],
+                              tokens.to(self.device)[None], [0], [0])
+
+    def _entries(self, items: list[tuple[int, Any, Any]]) -> list[tuple]:
+        """Entries of the requests ``(slot, params, sampling params)`` whose host
+        side succeeds (each failure contained for its request alone)."""
+        entries = []
+        for slot, p, sampling_params in items:
+            try:
+                entries.append(self._entry(slot, p, sampling_params))
+            except Exception as exc:
+                self._contain("admission", exc, [slot])
+                self._turn_off([slot])
+        return entries
+
+    def _admit_added(self, added: dict[int, tuple[Any, Any, Any, Any]]) -> None:
+        """V1: every added row in one batched admission (the contexts packed in one tensor)."""
+        entries = self._entries([(i, p, sp) for i, (p, sp, _, _) in added.items()])
+        if not entries:
+            return
+        slots = [e[0] for e in entries]
+        lengths = np.asarray([len(added[i][2]) + len(added[i][3]) for i in slots], dtype=np.int64)
+        flat = [t for i in slots for part in (added[i][2], added[i][3]) for t in part]
+        try:
+            source = torch.tensor(flat, dtype=torch.long, device=self.device)[None]
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            dev = self.batch.admit_rows(entries, lengths, source, np.zeros(len(slots), dtype=np.int64), starts)
+        except Exception as exc:
+            self._contain("admission", exc, slots)
+            self._turn_off(slots)
+            return
+        for i in slots:
+            _, _, prompt, output_ids = added[i]
+            self.rows[i] = (len(prompt), output_ids, len(prompt) + len(output_ids))
+        self.active_np[slots] = True
+        self.active.index_fill_(0, dev, True)
+
+    def apply_staged_writes(self) -> None:
+        """V2: every staged request in one batched admission from the runner's token history."""
+        try:
+            staged = self._take_staged()
+        except Exception as exc:
+            self._contain("apply_staged_writes", exc, [s for s, _ in self._staged])
+            self._turn_off([s for s, _ in self._staged])
+            return
+        entries = self._entries([(slot, p, sp) for slot, (p, sp) in staged])
+        if not entries:
+            return
+        slots = np.asarray([e[0] for e in entries], dtype=np.int64)
+        try:
+            n = self.req_states.prefill_len.np[slots].astype(np.int64)
+            self.len_ub[slots] = n
+            dev = self.batch.admit_rows(entries, n, self.req_states.all_token_ids.gpu, slots, np.zeros_like(slots))
+            self.active.index_fill_(0, dev, True)
+        except Exception as exc:
+            self._contain("admission", exc, slots)
+            self._turn_off(slots)
 
     def _release(self, slot: int) -> None:
         """Free what the slot held; the bank gives its width back if the
@@ -480,8 +554,8 @@ class NoRepeatNgramLogitsProcessor(_SuffixProcessor):
         b = self.batch
         return [b.cap, b.need_len, b.last_n, b.whitelist.row, b.whitelist.row_np]
 
-    def _admit(self, slot: int, p: P.NgramParams, sampling_params: Any, tokens: torch.Tensor) -> None:
-        self.batch.add(slot, p.size, tokens, p.window, p.whitelist)
+    def _entry(self, slot: int, p: P.NgramParams, sampling_params: Any) -> tuple:
+        return (slot, p.size, p.window, p.whitelist)
 
 
 class DryLogitsProcessor(_SuffixProcessor):
@@ -504,9 +578,8 @@ class DryLogitsProcessor(_SuffixProcessor):
         b = self.batch
         return [b.cap, b.mult, b.log_base, b.max_exp, b.allowed, b.last_n, b.set_idx, b.set_np]
 
-    def _admit(self, slot: int, p: P.DryParams, sampling_params: Any, tokens: torch.Tensor) -> None:
-        self.batch.set_breakers(slot, self._breakers(p, sampling_params))
-        self.batch.add(slot, p, tokens)
+    def _entry(self, slot: int, p: P.DryParams, sampling_params: Any) -> tuple:
+        return (slot, p, self._breakers(p, sampling_params))
 
     def _breakers(self, p: P.DryParams, sampling_params: Any) -> BreakerSet:
         """The request's breaker set: the default one resolved at start, or the

@@ -25,7 +25,7 @@ import secrets
 
 import torch
 
-__all__ = ["P1", "P2", "SuffixBank", "admit", "append"]
+__all__ = ["P1", "P2", "SuffixBank", "admit", "admit_packed", "append"]
 
 P1, P2 = 2147483647, 2147483629  # primes < 2**31: products fit in int64
 _B1 = secrets.randbelow(P1 - 2**20) + 2**20
@@ -51,33 +51,54 @@ def admit(tokens: torch.Tensor, cap: int | torch.Tensor, max_len: int) -> torch.
     """
     n = tokens.numel()
     dev = tokens.device
-    out = torch.zeros(n, dtype=torch.int32, device=dev)
-    e = n - 1
-    if e <= 0 or max_len <= 0:
+    if n <= 1 or max_len <= 0:
+        return torch.zeros(n, dtype=torch.int32, device=dev)
+    first = torch.zeros(n, dtype=torch.long, device=dev)
+    limit = cap.to(torch.long).expand(n) if isinstance(cap, torch.Tensor) else torch.full((n,), int(cap), device=dev)
+    return admit_packed(tokens, first, first + (n - 1), limit, min(int(max_len), n - 1), n)
+
+
+def admit_packed(tokens: torch.Tensor, first: torch.Tensor, last: torch.Tensor, limit: torch.Tensor,
+                 max_len: int, max_seg: int) -> torch.Tensor:
+    """:func:`admit` for many contexts at once, packed one after the other in
+    ``tokens`` [K]: the context holding position ``q`` spans ``first[q] ..
+    last[q]`` (global positions), and ``limit[q]`` bounds ``match[q]``.
+    ``max_len`` (host) bounds every match, ``max_seg`` (host) every context's
+    length. A fixed number of tensor operations whatever the number of contexts
+    (``log2(max_len)`` binary-search rounds over all positions together).
+
+    Prefix hashes use each position's power within its own context, so the
+    difference of two prefix hashes inside one context covers that context only.
+    """
+    k = tokens.numel()
+    dev = tokens.device
+    out = torch.zeros(k, dtype=torch.int32, device=dev)
+    if k == 0 or max_len <= 0:
         return out
     t = tokens.long() + 1
-    i = torch.arange(e, device=dev)
-    hi = torch.clamp(i + 1, max=max_len)
-    hi = torch.minimum(hi, cap.to(hi.dtype)) if isinstance(cap, torch.Tensor) else torch.clamp(hi, max=int(cap))
+    i = torch.arange(k, device=dev)
+    local = i - first
+    hi = torch.minimum(local + 1, limit.to(torch.long)).clamp_(max=max_len)
+    hi = torch.where(i == last, 0, hi)  # the context's last position: no earlier match ends there
     lo = torch.zeros_like(i)
+    ends = last + 1
     prefix = []
     for base, p in ((_B1, P1), (_B2, P2)):
-        pw = _powers(base, n, p, dev)
-        h = torch.zeros(n + 1, dtype=torch.long, device=dev)
-        h[1:] = torch.cumsum(t % p * pw % p, 0) % p
+        pw = _powers(base, max_seg, p, dev)
+        h = torch.zeros(k + 1, dtype=torch.long, device=dev)
+        h[1:] = torch.cumsum(t % p * pw[local] % p, 0) % p
         # The segment ending at i, shifted by base ** (e - i), aligns with the one ending at e.
-        prefix.append((h, p, h[1:e + 1], pw.flip(0)[:e], h[e + 1]))
-    for _ in range(int(min(max_len, e)).bit_length() + 1):
+        prefix.append((h, p, h[1:], pw[last - i], h[ends]))
+    for _ in range(int(max_len).bit_length() + 1):
         mid = (lo + hi + 1) // 2
         ok = None
         for h, p, h_i, shift, h_e in prefix:
-            a = (h_i - h.index_select(0, i + 1 - mid)) % p * shift % p
-            b = (h_e - h.index_select(0, e + 1 - mid)) % p
+            a = (h_i - h[i + 1 - mid]) % p * shift % p
+            b = (h_e - h[ends - mid]) % p
             ok = a == b if ok is None else ok & (a == b)
         lo = torch.where(ok, mid, lo)
         hi = torch.where(ok, hi, mid - 1)
-    out[:e] = lo.to(torch.int32)
-    return out
+    return lo.to(torch.int32)
 
 
 def append(tok: torch.Tensor, match: torch.Tensor, x: torch.Tensor, cap: torch.Tensor,
