@@ -5,7 +5,8 @@ A breaker string ``s`` becomes, for every vocabulary token ``h``:
 * ``(h, ())`` when the text of ``h`` contains ``s`` (a single-token breaker);
 * ``(h, tail)`` when the text of ``h`` ends with a proper prefix ``s[:k]`` of
   ``s``, where ``tail`` is the tokenization of the rest ``s[k:]`` (at most
-  :data:`MAX_TAIL` tokens; ``s`` is cut to :data:`MAX_CHARS` characters),
+  :data:`MAX_TAIL` tokens; ``s`` is cut to :data:`MAX_BYTES` bytes of UTF-8,
+  :func:`cut_breaker`),
 
 llama.cpp's ``get_overlapping_token_sequences``. The vocabulary is decoded
 once (when the processor is built, outside any engine step) and every breaker
@@ -27,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_CHARS", "MAX_TAIL", "WIRE_KEY", "BreakerSet", "Resolver", "VocabIndex", "from_wire",
-           "resolve_breakers", "to_wire"]
+__all__ = ["MAX_BYTES", "MAX_CHARS", "MAX_TAIL", "WIRE_KEY", "BreakerSet", "Resolver", "VocabIndex", "cut_breaker",
+           "from_wire", "resolve_breakers", "to_wire"]
 
-MAX_CHARS = 40  # as llama.cpp
+MAX_BYTES = 40  # as llama.cpp (its MAX_CHAR_LEN counts the bytes of a std::string)
+MAX_CHARS = MAX_BYTES  # the most characters a cut breaker holds
 MAX_TAIL = 20  # as llama.cpp
 WIRE_KEY = "_vllm_plugin_samplers_dry_breakers"  # extra_args key of a front-end-resolved table
 
@@ -84,6 +86,15 @@ class VocabIndex:
         return np.sort(self.by_rev[lo:hi])
 
 
+def cut_breaker(s: str) -> str:
+    """``s`` cut to :data:`MAX_BYTES` bytes of UTF-8, as llama.cpp's
+    ``resize(MAX_CHAR_LEN)`` of the breaker's bytes, except that a character
+    the cut would split is dropped whole (llama.cpp keeps its first bytes; the
+    decoded vocabulary here holds whole characters only)."""
+    raw = s.encode("utf-8")
+    return s if len(raw) <= MAX_BYTES else raw[:MAX_BYTES].decode("utf-8", "ignore")
+
+
 def resolve_breakers(breakers: Sequence[str], texts: np.ndarray,
                      encode: Callable[[str], list[int]] | None,
                      index: VocabIndex | None = None) -> BreakerSet:
@@ -99,7 +110,7 @@ def resolve_breakers(breakers: Sequence[str], texts: np.ndarray,
     single: set[int] = set()
     tails: dict[tuple[int, ...], set[int]] = {}
     for s in breakers:
-        s = s[:MAX_CHARS]
+        s = cut_breaker(s)
         if not s:
             continue
         single.update(index.contains(s).tolist())
