@@ -59,10 +59,11 @@ def test_chat_completions_with_vllm_xargs(openai_client, shared_server):
     banned_all = chat({"no_repeat_ngram_size": 1})
     assert len(banned_all) == len(set(banned_all)) == 20
     dry = chat({"dry_multiplier": 50.0, "dry_allowed_length": 1, "dry_sequence_breakers": '["\\n"]'})
-    xtc = chat({"xtc_threshold": 0.05, "xtc_probability": 1.0})
+    xtc = chat({"xtc_threshold": 0.05, "xtc_probability": 1.0, "xtc_under_greedy": True})
     plain = chat()
     assert len(dry) == len(xtc) == len(plain) == 20
     assert xtc != plain
+    assert chat({"xtc_threshold": 0.05, "xtc_probability": 1.0}) == plain  # greedy: no XTC unless asked
     # The custom breaker set was resolved by the front end, not inside an engine step.
     assert "resolved inside the engine step" not in shared_server.log_text()
 
@@ -86,8 +87,10 @@ def test_webui_breaker_string_and_xtc_probability_alone_are_accepted(openai_clie
     webui = complete(openai_client, {"dry_multiplier": 0.8, "dry_sequence_breakers": '"\\n", ":", "\\"", "*"'}, n=6)
     as_list = complete(openai_client, {"dry_multiplier": 0.8, "dry_sequence_breakers": ["\n", ":", '"', "*"]}, n=6)
     assert webui == as_list
-    default = complete(openai_client, {"xtc_probability": 1.0}, n=6)
-    assert default == complete(openai_client, {"xtc_probability": 1.0, "xtc_threshold": 0.1}, n=6)
+    # JSON true reaches the engine as 1 (vllm_xargs holds strings and numbers): both are accepted.
+    default = complete(openai_client, {"xtc_probability": 1.0, "xtc_under_greedy": True}, n=6)
+    assert default == complete(openai_client, {"xtc_probability": 1.0, "xtc_threshold": 0.1,
+                                               "xtc_under_greedy": 1}, n=6)
 
 
 def test_long_repetitive_dry_prompts_do_not_delay_a_plain_request(openai_client):

@@ -53,11 +53,14 @@ def test_sampler_arguments_get_a_400_naming_them_and_the_server_keeps_serving(sp
     assert complete(client).usage.completion_tokens == 16
     assert drafted_tokens(spec_server) > 0, "speculative decoding did not draft: the test proves nothing"
     for xargs, names in [({"dry_multiplier": 0.8}, "dry_multiplier"),
-                         ({"xtc_probability": 0.5, "no_repeat_ngram_size": 2}, "no_repeat_ngram_size, xtc_probability")]:
+                         ({"xtc_probability": 0.5, "xtc_under_greedy": True, "no_repeat_ngram_size": 2},
+                          "no_repeat_ngram_size, xtc_probability")]:
         with pytest.raises(openai.BadRequestError) as err:
             complete(client, xargs)
         msg = str(err.value)
         assert f"{names} cannot take effect" in msg and "speculative decoding" in msg, msg
     # arguments that switch nothing on, and other plugins' arguments, still pass
     assert complete(client, {"dry_multiplier": 0, "some_other_plugin_arg": 1}).usage.completion_tokens == 16
+    # a greedy request runs no XTC unless xtc_under_greedy: nothing to refuse
+    assert complete(client, {"xtc_probability": 0.5}).usage.completion_tokens == 16
     assert complete(client).usage.completion_tokens == 16

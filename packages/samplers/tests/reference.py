@@ -52,16 +52,21 @@ def dry_penalty(tokens: Sequence[int], multiplier: float, base: float, allowed: 
     return out
 
 
-def xtc_remove(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+def xtc_remove(logits: torch.Tensor, threshold: float, guard: Collection[int] = ()) -> torch.Tensor:
+    """XTC: every token with probability >= ``threshold`` but the least probable
+    (ties: the lowest id) is removed; nothing is when fewer than two reach it,
+    or when a removed token would be one of ``guard`` (text-generation-webui
+    returns the scores as they were when its newline or EOS would go)."""
     probs = torch.softmax(logits.double(), -1)
     above = [i for i in range(len(probs)) if probs[i] >= threshold]
     if len(above) < 2:
         return logits
     least = min(above, key=lambda i: (probs[i].item(), i))
+    removed = [i for i in above if i != least]
+    if set(removed) & set(guard):
+        return logits
     out = logits.clone()
-    for i in above:
-        if i != least:
-            out[i] = float("-inf")
+    out[removed] = float("-inf")
     return out
 
 

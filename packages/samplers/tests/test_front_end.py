@@ -68,6 +68,19 @@ def test_active_sampler_args_names_what_switches_a_sampler_on():
     assert "remove it" in refusal("why", ["dry_multiplier"])
 
 
+def test_xtc_under_greedy_decoding_is_not_a_sampler_that_takes_effect():
+    """Greedy requests run no XTC unless ``xtc_under_greedy``: nothing to refuse."""
+    from vllm import SamplingParams
+
+    from vllm_plugin_samplers.front_end import is_greedy
+
+    assert is_greedy(SamplingParams(temperature=0.0)) and not is_greedy(SamplingParams(temperature=0.7))
+    assert not is_greedy(object())  # pooling requests have no temperature
+    assert active_sampler_args({"xtc_probability": 1}, greedy=True) == []
+    assert active_sampler_args({"xtc_probability": 1, "xtc_under_greedy": True}, greedy=True) == ["xtc_probability"]
+    assert active_sampler_args({"xtc_probability": 1, "dry_multiplier": 1}, greedy=True) == ["dry_multiplier"]
+
+
 @needs_v1
 def test_v1_refuses_sampler_arguments_only_under_speculative_decoding(tiny_causal_lm):
     got = run_validation(tiny_causal_lm, VLLM_USE_V2_MODEL_RUNNER="0")

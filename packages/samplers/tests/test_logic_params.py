@@ -231,3 +231,29 @@ def test_hostile_breakers_are_value_errors(value, message) -> None:
     with pytest.raises(ValueError) as info:
         parse_dry({"dry_multiplier": 1.0, "dry_sequence_breakers": value})
     assert str(info.value).startswith(message), str(info.value)
+
+
+def test_xtc_guard_and_greedy_flags() -> None:
+    """``xtc_eos_newline_guard`` (default on) and ``xtc_under_greedy`` (default
+    off) as booleans, 1 / 0 (what JSON ``true`` becomes in ``vllm_xargs``) or strings."""
+    p = parse_xtc({"xtc_probability": 0.5})
+    assert (p.eos_newline_guard, p.under_greedy) == (True, False)
+    for on, off in ((True, False), (1, 0), ("true", "false"), ("1", "0"), (" True", "FALSE")):
+        p = parse_xtc({"xtc_probability": 0.5, "xtc_eos_newline_guard": off, "xtc_under_greedy": on})
+        assert (p.eos_newline_guard, p.under_greedy) == (False, True), (on, off)
+    assert parse_xtc({"xtc_probability": 0, "xtc_under_greedy": True}) is None
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ({"xtc_probability": 0.5, "xtc_under_greedy": 2}, "xtc_under_greedy must be true or false (or 1 / 0), got 2"),
+    ({"xtc_probability": 0.5, "xtc_eos_newline_guard": "no"},
+     "xtc_eos_newline_guard must be true or false (or 1 / 0), got 'no'"),
+    ({"xtc_probability": 0.5, "xtc_under_greedy": 1.0}, "xtc_under_greedy must be true or false"),
+    ({"xtc_under_greedy": True}, "xtc_under_greedy is set but xtc_probability is needed too"),
+    ({"xtc_threshold": 0.2, "xtc_eos_newline_guard": False},
+     "xtc_threshold, xtc_eos_newline_guard is set but xtc_probability is needed too"),
+])
+def test_xtc_flags_invalid(args, message) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_xtc(args)
+    assert str(info.value).startswith(message), str(info.value)

@@ -153,18 +153,42 @@ def default_breakers(llm):
     return resolver(DEFAULT_DRY_SEQUENCE_BREAKERS).single
 
 
-def test_xtc_against_reference_and_seeded(llm, hf, prompts):
-    settings = [{"xtc_threshold": 0.1, "xtc_probability": 1.0}, None,
-                {"xtc_threshold": 0.05, "xtc_probability": 1.0}] * 4
+def xtc_guard(tiny_causal_lm) -> set[int]:
+    """Written independently of the plugin: every token whose text holds a
+    newline, and the EOS ids of the tokenizer and the generation config."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_causal_lm)
+    ids = {i for i in range(len(tok)) if "\n" in tok.decode([i])}
+    ids.add(tok.eos_token_id)
+    gen = tiny_causal_lm / "generation_config.json"
+    eos = json.loads(gen.read_text()).get("eos_token_id") if gen.exists() else None
+    ids.update([eos] if isinstance(eos, int) else eos or [])
+    return {i for i in ids if i is not None}
+
+
+def test_xtc_against_reference_and_seeded(llm, hf, prompts, tiny_causal_lm):
+    # Greedy requests (temperature 0, the reference's loop) run XTC only with xtc_under_greedy.
+    on = {"xtc_probability": 1.0, "xtc_under_greedy": True}
+    settings = [{"xtc_threshold": 0.1, **on}, None, {"xtc_threshold": 0.05, **on},
+                {"xtc_threshold": 0.05, "xtc_probability": 1.0, "xtc_under_greedy": True,
+                 "xtc_eos_newline_guard": False}] * 3
+    guard = xtc_guard(tiny_causal_lm)
     got = generate(llm, prompts, settings)
     for prompt, ea, tokens in zip(prompts, settings, got, strict=True):
         if ea is None:
             assert tokens == greedy(hf, prompt, MAX_TOKENS)
         else:
+            g = guard if ea.get("xtc_eos_newline_guard", True) else ()
             assert tokens == greedy(hf, prompt, MAX_TOKENS,
-                                    lambda lg, c, t=ea["xtc_threshold"]: xtc_remove(lg, t))
+                                    lambda lg, c, t=ea["xtc_threshold"], g=g: xtc_remove(lg, t, g))
+    # Without xtc_under_greedy a greedy request is plain greedy decoding.
+    assert generate(llm, prompts[:2], [{"xtc_probability": 1.0, "xtc_threshold": 0.05}] * 2) == [
+        greedy(hf, p, MAX_TOKENS) for p in prompts[:2]]
     # With probability 0.5 the per-step draws follow the request's seed.
-    half = [{"xtc_threshold": 0.05, "xtc_probability": 0.5}] * 4
+    half = [{"xtc_threshold": 0.05, "xtc_probability": 0.5, "xtc_under_greedy": True}] * 4
     a = generate(llm, prompts[:4], half, seed=11)
     b = generate(llm, prompts[:4], half, seed=11)
     c = generate(llm, prompts[:4], half, seed=12)
@@ -200,7 +224,7 @@ def _preemptions(llm) -> float:
     return sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions")
 
 
-def test_seeded_xtc_and_dry_same_text_alone_mixed_chunked_preempted(llm, hf, prompts):
+def test_seeded_xtc_and_dry_same_text_alone_mixed_chunked_preempted(llm, hf, prompts, tiny_causal_lm):
     """A seeded XTC request (probability 0.5, so the text follows the coins) gives
     the reference's text, whose coin is a pure function of (seed, output
     position): alone, in a mixed batch, with its long prompt prefilled in
@@ -212,15 +236,16 @@ def test_seeded_xtc_and_dry_same_text_alone_mixed_chunked_preempted(llm, hf, pro
 
     rng = random.Random(99)
     long_prompts = [[rng.randrange(3, 500) for _ in range(50)] * 4 for _ in range(4)]  # 200 tokens: chunked
-    xtc = {"xtc_probability": 0.5, "xtc_threshold": 0.05}
+    xtc = {"xtc_probability": 0.5, "xtc_threshold": 0.05, "xtc_under_greedy": True}
     dry = {"dry_multiplier": 2.0, "dry_allowed_length": 2}
     n = 80
     breakers = set(default_breakers(llm))
+    guard = xtc_guard(tiny_causal_lm)
 
     def xtc_ref(prompt, seed):
         def edit(lg, c):
             hit = float(coin(torch.tensor([seed]), torch.tensor([len(c) - len(prompt)]))[0]) < 0.5
-            return xtc_remove(lg, 0.05) if hit else lg
+            return xtc_remove(lg, 0.05, guard) if hit else lg
         return greedy(hf, prompt, n, edit)
 
     def dry_ref(prompt):

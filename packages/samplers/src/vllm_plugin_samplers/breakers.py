@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["MAX_BYTES", "MAX_CHARS", "MAX_TAIL", "WIRE_KEY", "BreakerSet", "Resolver", "VocabIndex", "cut_breaker",
-           "from_wire", "resolve_breakers", "to_wire"]
+           "from_wire", "load_resolver", "resolve_breakers", "to_wire"]
 
 MAX_BYTES = 40  # as llama.cpp (its MAX_CHAR_LEN counts the bytes of a std::string)
 MAX_CHARS = MAX_BYTES  # the most characters a cut breaker holds
@@ -176,10 +176,14 @@ class Resolver:
 
     max_sets = 256
 
-    def __init__(self, texts: Sequence[str], encode: Callable[[str], list[int]] | None = None) -> None:
+    def __init__(self, texts: Sequence[str], encode: Callable[[str], list[int]] | None = None,
+                 eos_token_ids: Sequence[int] = ()) -> None:
         self.texts = string_array(texts)
         self.encode = encode
         self.index = VocabIndex(self.texts)
+        #: The tokenizer's end-of-sequence id(s) (for XTC's guard).
+        self.eos_token_ids = frozenset(int(i) for i in eos_token_ids)
+        self._newline: np.ndarray | None = None
         self._cache: dict[tuple[str, ...], BreakerSet] = {}
         self._wire: dict[tuple[str, ...], dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -190,7 +194,15 @@ class Resolver:
         ``detokenize({id})``), in one batched call."""
         ids = [[i] for i in range(len(tokenizer))]
         texts = tokenizer.batch_decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        return cls(texts, lambda s: list(tokenizer.encode(s, add_special_tokens=False)))
+        eos = getattr(tokenizer, "eos_token_id", None)
+        return cls(texts, lambda s: list(tokenizer.encode(s, add_special_tokens=False)),
+                   () if eos is None else (eos,))
+
+    def newline_ids(self) -> np.ndarray:
+        """Ids whose decoded text contains a newline (found once, then kept)."""
+        if self._newline is None:
+            self._newline = np.sort(self.index.contains("\n"))
+        return self._newline
 
     def __call__(self, breakers: Sequence[str]) -> BreakerSet:
         key = tuple(breakers)
@@ -217,8 +229,26 @@ class Resolver:
         return got
 
 
+_loaded: dict[tuple[str, bool, str | None], Resolver] = {}
+_load_lock = threading.Lock()
+
+
 def load_resolver(path: str, trust_remote_code: bool, revision: str | None) -> Resolver:
-    """A :class:`Resolver` for the model's tokenizer, or a clear error naming it."""
+    """A :class:`Resolver` for the model's tokenizer, or a clear error naming it.
+
+    Loaded once per process and tokenizer (DRY and XTC share it; the last 4
+    tokenizers are kept)."""
+    key = (path, trust_remote_code, revision)
+    with _load_lock:
+        got = _loaded.get(key)
+        if got is None:
+            got = _loaded[key] = _load(path, trust_remote_code, revision)
+            while len(_loaded) > 4:
+                del _loaded[next(iter(_loaded))]
+    return got
+
+
+def _load(path: str, trust_remote_code: bool, revision: str | None) -> Resolver:
     try:
         from transformers import AutoTokenizer
 

@@ -34,15 +34,24 @@ from typing import Any
 
 from vllm_plugin_core.patches import REGISTRY, Patch
 
-__all__ = ["PATCH_NAME", "active_sampler_args", "attach_breakers", "install"]
+__all__ = ["PATCH_NAME", "active_sampler_args", "attach_breakers", "install", "is_greedy"]
 
 PATCH_NAME = "samplers-front-end-checks"
 
 logger = logging.getLogger("vllm.plugins.samplers")
 
 
-def active_sampler_args(extra_args: Mapping[str, Any] | None) -> list[str]:
-    """The arguments of ``extra_args`` that switch one of the samplers on.
+def is_greedy(params: Any) -> bool:
+    """Whether vLLM samples ``params`` greedily (temperature below its epsilon)."""
+    from vllm_plugin_samplers.params import GREEDY_BELOW
+
+    temperature = getattr(params, "temperature", None)
+    return temperature is not None and float(temperature) < GREEDY_BELOW
+
+
+def active_sampler_args(extra_args: Mapping[str, Any] | None, greedy: bool = False) -> list[str]:
+    """The arguments of ``extra_args`` that switch one of the samplers on
+    (XTC does nothing under greedy decoding unless ``xtc_under_greedy``).
 
     Invalid values raise the samplers' own ``ValueError`` first.
     """
@@ -53,7 +62,8 @@ def active_sampler_args(extra_args: Mapping[str, Any] | None) -> list[str]:
         on.append("no_repeat_ngram_size")
     if P.parse_dry(extra_args) is not None:
         on.append("dry_multiplier")
-    if P.parse_xtc(extra_args) is not None:
+    xtc = P.parse_xtc(extra_args)
+    if xtc is not None and (xtc.under_greedy or not greedy):
         on.append("xtc_probability")
     return on
 
@@ -129,7 +139,7 @@ def _make_patch() -> Patch:
         reason = compat.logits_processors_skipped(self.vllm_config)
         if reason is not None:
             try:
-                names = active_sampler_args(getattr(params, "extra_args", None))
+                names = active_sampler_args(getattr(params, "extra_args", None), is_greedy(params))
             except ValueError as exc:
                 raise VLLMValidationError(str(exc)) from exc
             if names:

@@ -18,6 +18,7 @@ from typing import Any
 __all__ = [
     "DEFAULT_DRY_SEQUENCE_BREAKERS",
     "DEFAULT_XTC_THRESHOLD",
+    "GREEDY_BELOW",
     "MAX_DRY_SEQUENCE_BREAKERS",
     "MAX_LENGTH_ARG",
     "MAX_NGRAM_WHITELIST",
@@ -42,6 +43,9 @@ MAX_NGRAM_WHITELIST = 256
 #: Smallest ``xtc_threshold``: at most ``1 / threshold`` tokens can reach it, so
 #: this bounds the ``top-k`` each XTC step takes to 1001.
 MIN_XTC_THRESHOLD = 0.001
+#: vLLM samples greedily below this temperature (``vllm.sampling_params._SAMPLING_EPS``):
+#: XTC is then off unless the request sets ``xtc_under_greedy``.
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)
@@ -75,10 +79,17 @@ class DryParams:
 
 @dataclass(frozen=True)
 class XtcParams:
-    """XTC ("Exclude Top Choices") settings."""
+    """XTC ("Exclude Top Choices") settings.
+
+    ``eos_newline_guard``: a step that would remove an end-of-sequence or
+    newline token removes nothing (text-generation-webui's rule);
+    ``under_greedy``: act under greedy decoding (temperature 0) too.
+    """
 
     threshold: float
     probability: float
+    eos_newline_guard: bool = True
+    under_greedy: bool = False
 
 
 _MISSING: Any = object()
@@ -160,6 +171,17 @@ def _breakers_field(name: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _bool_field(name: str, value: Any) -> bool:
+    """A flag: true/false, 1/0 (what JSON ``true`` becomes in ``vllm_xargs``) or their strings."""
+    if isinstance(value, bool):
+        return value
+    if _is_int(value) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise ValueError(f"{name} must be true or false (or 1 / 0), got {value!r}")
+
+
 def _token_ids_field(name: str, value: Any, most: int) -> frozenset[int]:
     raw = value
     if isinstance(value, str):
@@ -232,15 +254,22 @@ def parse_dry(extra_args: Mapping[str, Any] | None) -> DryParams | None:
 
 
 def parse_xtc(extra_args: Mapping[str, Any] | None) -> XtcParams | None:
-    """Parse ``xtc_threshold`` and ``xtc_probability``.
+    """Parse ``xtc_threshold``, ``xtc_probability``, ``xtc_eos_newline_guard``
+    and ``xtc_under_greedy``.
 
     XTC is on iff ``xtc_probability`` > 0; ``xtc_threshold`` defaults to
-    :data:`DEFAULT_XTC_THRESHOLD` (0.1, as llama.cpp and text-generation-webui).
-    ``xtc_threshold`` without ``xtc_probability`` is an error (it would do nothing).
+    :data:`DEFAULT_XTC_THRESHOLD` (0.1, as llama.cpp and text-generation-webui),
+    ``xtc_eos_newline_guard`` to true and ``xtc_under_greedy`` to false. Any of
+    the others without ``xtc_probability`` is an error (it would do nothing).
     """
     args = _args(extra_args)
     threshold = _get(args, "xtc_threshold")
     probability = _get(args, "xtc_probability")
+    flags = {}
+    for field, key in (("eos_newline_guard", "xtc_eos_newline_guard"), ("under_greedy", "xtc_under_greedy")):
+        value = _get(args, key)
+        if value is not _MISSING:
+            flags[field] = _bool_field(key, value)
 
     if threshold is not _MISSING and (
         not _is_number(threshold) or not MIN_XTC_THRESHOLD <= threshold <= 1
@@ -256,11 +285,13 @@ def parse_xtc(extra_args: Mapping[str, Any] | None) -> XtcParams | None:
         )
 
     if probability is _MISSING:
-        if threshold is _MISSING:
+        given = [k for k in ("xtc_threshold", "xtc_eos_newline_guard", "xtc_under_greedy")
+                 if _get(args, k) is not _MISSING]
+        if not given:
             return None
-        raise ValueError("xtc_threshold is set but xtc_probability is needed too")
+        raise ValueError(f"{', '.join(given)} is set but xtc_probability is needed too")
     if probability == 0:
         return None
     if threshold is _MISSING:
         threshold = DEFAULT_XTC_THRESHOLD
-    return XtcParams(threshold=float(threshold), probability=float(probability))
+    return XtcParams(threshold=float(threshold), probability=float(probability), **flags)

@@ -605,11 +605,15 @@ class DryLogitsProcessor(_SuffixProcessor):
 
 class XtcLogitsProcessor(_SamplerProcessor):
     """XTC: with ``xtc_probability`` per step, drop every token at or above
-    ``xtc_threshold`` but the least probable of them."""
+    ``xtc_threshold`` but the least probable of them; a step that would drop
+    an end-of-sequence or newline token drops nothing (unless
+    ``xtc_eos_newline_guard`` is false); off under greedy decoding unless
+    ``xtc_under_greedy``."""
 
     __vllm_plugin_name__ = "xtc"
     parse = staticmethod(P.parse_xtc)
     needs_tokens = False
+    greedy_below = P.GREEDY_BELOW  # off under greedy decoding unless xtc_under_greedy
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -618,16 +622,65 @@ class XtcLogitsProcessor(_SamplerProcessor):
         self.threshold = torch.ones(n, device=dev)
         self.probability = torch.zeros(n, dtype=torch.float64, device=dev)
         self.seed = torch.zeros(n, dtype=torch.long, device=dev)
+        self.seed_np = np.zeros(n, dtype=np.int64)
+        self.probability_np = np.zeros(n)
+        # The guard: the request's eos_token_id (-1: none) and whether it is on.
+        self.eos = torch.full((n,), -1, dtype=torch.long, device=dev)
+        self.guard_on = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.guard_np = np.zeros(n, dtype=bool)
+        self.guard = self._guard_mask()
+
+    def _guard_mask(self) -> torch.Tensor:
+        """Bool over token ids, built once: every token whose decoded text
+        contains a newline, the tokenizer's EOS and the generation config's
+        ``eos_token_id`` (one id or a list)."""
+        ids: set[int] = set()
+        size = self.vocab
+        mc = getattr(self.vllm_config, "model_config", None)
+        if mc is not None and getattr(mc, "tokenizer", None) is not None:
+            try:
+                resolver = make_resolver(self.vllm_config)
+            except Exception as exc:  # DRY names the tokenizer at start; XTC guards EOS from the request only
+                logger.warning("vllm-plugin-samplers: XTC guards only the request's eos_token_id, since the "
+                               "tokenizer could not be loaded: %s", exc)
+            else:
+                ids.update(resolver.newline_ids().tolist())
+                ids.update(resolver.eos_token_ids)
+                size = max(size, len(resolver.texts))
+        try:
+            gen = mc.try_get_generation_config() if mc is not None else {}
+        except Exception:
+            gen = {}
+        eos = (gen or {}).get("eos_token_id")
+        ids.update([eos] if isinstance(eos, int) else [int(i) for i in eos or ()])
+        ids = {i for i in ids if i >= 0}
+        size = max(size, max(ids, default=-1) + 1, 1)
+        mask = torch.zeros(size, dtype=torch.bool, device=self.device)
+        if ids:
+            mask[torch.tensor(sorted(ids), dtype=torch.long, device=self.device)] = True
+        return mask
+
+    def _params(self, sampling_params: Any) -> Any:
+        p = super()._params(sampling_params)
+        temperature = getattr(sampling_params, "temperature", None)
+        greedy = temperature is not None and float(temperature) < self.greedy_below
+        return None if p is None or (greedy and not p.under_greedy) else p
 
     def _admit(self, slot: int, p: P.XtcParams, sampling_params: Any, tokens: torch.Tensor | None) -> None:
         seed = getattr(sampling_params, "seed", None)
         if seed is None:
             seed = int(self._rng.integers(-(2**63), 2**63 - 1))
         seed = (int(seed) + 2**63) % 2**64 - 2**63  # any integer seed, folded into int64
+        eos = getattr(sampling_params, "eos_token_id", None)
         self.threshold_np[slot] = p.threshold
         self.threshold[slot] = p.threshold
         self.probability[slot] = p.probability
+        self.probability_np[slot] = p.probability
         self.seed[slot] = seed
+        self.seed_np[slot] = seed
+        self.eos[slot] = int(eos) if isinstance(eos, int) and eos >= 0 else -1
+        self.guard_on[slot] = p.eos_newline_guard
+        self.guard_np[slot] = p.eos_newline_guard
 
     def _add_request(self, req_idx: int, sampling_params: Any) -> bool:
         p = self._params(sampling_params)
@@ -639,7 +692,8 @@ class XtcLogitsProcessor(_SamplerProcessor):
         self._admit(slot, p, sampling_params, None)
 
     def _move(self, a: int, b: int, swap: bool) -> None:
-        for t in (self.threshold, self.probability, self.seed, self.threshold_np):
+        for t in (self.threshold, self.probability, self.seed, self.threshold_np, self.seed_np,
+                  self.probability_np, self.eos, self.guard_on, self.guard_np):
             if swap:
                 t[[a, b]] = t[[b, a]]
             else:
@@ -648,19 +702,36 @@ class XtcLogitsProcessor(_SamplerProcessor):
     def _k(self, slots: Any) -> int:
         return top_k_for(float(self.threshold_np[slots].min()), self.vocab_of)
 
+    def _guard_args(self, logits: torch.Tensor, slots: torch.Tensor | None) -> tuple[Any, Any, Any]:
+        """``xtc_apply``'s guard, eos and guard_on for the rows of ``slots``
+        (None: no row has the guard on). The mask is grown once if a logits
+        row is longer than the vocabulary known at start."""
+        if slots is None:
+            return None, None, None
+        if self.guard.shape[0] < logits.shape[1]:
+            pad = torch.zeros(logits.shape[1] - self.guard.shape[0], dtype=torch.bool, device=self.guard.device)
+            self.guard = torch.cat([self.guard, pad])
+        return self.guard, self.eos[slots], self.guard_on[slots]
+
     def _apply_v1(self, logits: torch.Tensor) -> None:
         self.vocab_of = logits.shape[1]
-        rows = sorted(self.rows)
-        position = torch.tensor([len(self.rows[r][1]) for r in rows], dtype=torch.long)
-        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
-        act = coin(self.seed[idx], position.to(self.device)) < self.probability[idx]
-        k = self._k(rows)
+        rows = np.asarray(sorted(self.rows), dtype=np.int64)
+        # V1 hands over host lists: the coin is drawn on the host, and only
+        # the rows whose coin fired do any work.
+        position = np.asarray([len(self.rows[r][1]) for r in rows.tolist()], dtype=np.int64)
+        draws = coin(torch.from_numpy(self.seed_np[rows]), torch.from_numpy(position)).numpy()
+        rows = rows[draws < self.probability_np[rows]]
+        if not rows.size:
+            return
+        idx = torch.from_numpy(rows).to(self.device)
+        act = torch.ones(len(rows), dtype=torch.bool, device=self.device)
+        guard = self.guard_np[rows].any()
+        args = (self.threshold[idx], act, self._k(rows), *self._guard_args(logits, idx if guard else None))
         if len(rows) == logits.shape[0]:
-            xtc_apply(logits, self.threshold[idx], act, k)
+            xtc_apply(logits, *args)
         else:
-            sub = logits[idx]
-            xtc_apply(sub, self.threshold[idx], act, k)
-            logits[idx] = sub
+            cols, new = xtc_apply(logits[idx], *args)
+            logits[idx[:, None], cols] = new  # only the columns XTC may change
 
     def _apply_rows_v2(self, logits: torch.Tensor, ctx: Any) -> None:
         self.vocab_of = logits.shape[1]
@@ -679,6 +750,7 @@ class XtcLogitsProcessor(_SamplerProcessor):
             slot, target, pos = slot[rows], logits[rows], ctx.pos[rows]
         position = pos.long() + 1 - self.req_states.prompt_len.gpu[slot].long()
         act = self.active[slot] & (coin(self.seed[slot], position) < self.probability[slot])
-        idx, new = xtc_apply(target, self.threshold[slot], act, k)
+        guard = self._guard_args(logits, slot if self.guard_np[reqs[on]].any() else None)
+        idx, new = xtc_apply(target, self.threshold[slot], act, k, *guard)
         if rows is not None:  # write back only the k columns XTC may change
             logits[rows[:, None], idx] = new
