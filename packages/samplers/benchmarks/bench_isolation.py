@@ -6,8 +6,11 @@
   suffix bank shrinks back).
 * XTC on one row beside 255 rows without it, against that row alone.
 * Bytes a DRY step allocates per row per bank column (counted by a dispatch
-  mode; target <= 64 B).
+  mode: new tensors only, views and in-place writes allocate nothing; target
+  <= 64 B), and the step buffers it keeps between steps.
 * Admission of 256 DRY requests in one step against one (target <= 10x).
+* A short request's step after a 60k-token request with the sampler
+  finished (vLLM's ``remove_request`` frees its slot; nothing reuses it).
 
 Run: ``python packages/samplers/benchmarks/bench_isolation.py [--quick]``
 (vLLM 0.31+ with the V2 logits-processor interface, and this package).
@@ -32,7 +35,7 @@ def bytes_allocated(fn) -> int:
     class Count(TorchDispatchMode):
         def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            if not func._schema.is_mutable:
+            if not func._schema.is_mutable and not func.is_view:
                 for t in out if isinstance(out, tuple | list) else (out,):
                     if isinstance(t, torch.Tensor):
                         total[0] += t.numel() * t.element_size()
@@ -103,7 +106,8 @@ def main() -> None:
                 "xtc": (XtcLogitsProcessor, {"xtc_probability": 1.0, "xtc_threshold": 0.1})}
     print(f"vocab {vocab}, short request {short_len} tokens, long request {long_len} tokens, "
           f"{torch.get_num_threads()} threads; V2 interface, CPU")
-    print(f"{'sampler':16} {'alone ms':>9} {'beside long plain':>18} {'ratio':>6} {'after long left':>16} {'ratio':>6}")
+    print(f"{'sampler':16} {'alone ms':>9} {'beside long plain':>18} {'ratio':>6} {'after long left':>16} {'ratio':>6}"
+          f" {'after long finished':>16} {'ratio':>6}")
     for name, (cls, extra) in samplers.items():
         _, alone = step(cls, [extra], [short_len], short_len)
         _, beside = step(cls, [extra, None], [short_len, long_len], long_len)
@@ -116,6 +120,17 @@ def main() -> None:
             proc.apply_staged_writes()
             t_after = timed(both, steps)
             after = f"{t_after:13.2f} ms {t_after / t_alone:5.2f}x"
+            from vllm.v1.worker.gpu.states import RequestState
+
+            proc, both = step(cls, [extra, extra], [short_len, long_len], long_len)
+            both()
+            runner = types.SimpleNamespace(req_id_to_index={"long": 1}, index_to_req_id={1: "long"}, free_indices=[],
+                                           all_token_ids=proc.req_states.all_token_ids)
+            RequestState.remove_request(runner, "long")  # finished: vLLM frees the slot, nothing reuses it
+            c = ctx([0], [short_len])
+            logits = torch.randn(1, vocab)
+            t_done = timed(lambda: proc.apply(logits, c), steps)
+            after += f" {t_done:13.2f} ms {t_done / t_alone:5.2f}x (bank {proc.batch.bank.width} columns)"
         print(f"{name:16} {t_alone:9.2f} {t_beside:15.2f} ms {t_beside / t_alone:5.2f}x {after}")
 
     _, one = step(XtcLogitsProcessor, [samplers["xtc"][1]], [short_len], 64)
@@ -124,9 +139,11 @@ def main() -> None:
     print(f"xtc: one row {t1:.2f} ms; the same row beside 255 rows without XTC {t256:.2f} ms ({t256 / t1:.2f}x)")
 
     for n in (512, 4096):
-        _, s = step(DryLogitsProcessor, [{"dry_multiplier": 0.8}], [n], n)
+        proc, s = step(DryLogitsProcessor, [{"dry_multiplier": 0.8}], [n], n)
         s()
-        print(f"dry: {bytes_allocated(s) / (n + 1):.0f} B allocated per step per column of a {n}-token row")
+        held = getattr(getattr(proc.batch, "scratch", None), "nbytes", lambda: 0)()
+        print(f"dry: {bytes_allocated(s) / (n + 1):.1f} B allocated per step per column of a {n}-token row "
+              f"(step buffers kept: {held / (n + 1):.0f} B per column; bank: {proc.batch.bank.width} columns)")
 
     def admit(k: int) -> float:
         Cfg.model_config.get_vocab_size = staticmethod(lambda: vocab)

@@ -653,3 +653,52 @@ def test_v2_admitting_many_requests_is_a_fixed_number_of_ops(cls, digits_tokeniz
     # One request of each kind (the rounds follow the largest cap) against 21.
     ops_one, ops_many = _ops(admit(one, [3, 4, 5])), _ops(admit(many, range(3, n)))
     assert ops_many == ops_one, (ops_one, ops_many)
+
+
+def _bytes_allocated(fn) -> int:
+    """Bytes of the new tensors ``fn``'s operations return (views and in-place writes allocate nothing)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    total = [0]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not func._schema.is_mutable and not func.is_view:
+                for t in out if isinstance(out, tuple | list) else (out,):
+                    if isinstance(t, torch.Tensor):
+                        total[0] += t.numel() * t.element_size()
+            return out
+
+    with Count():
+        fn()
+    return total[0]
+
+
+@pytest.mark.parametrize("spec", [0, 2])
+@pytest.mark.parametrize("cls", [NoRepeatNgramLogitsProcessor, DryLogitsProcessor])
+def test_v2_a_step_allocates_at_most_64_bytes_per_column(cls, spec, digits_tokenizer):
+    """A step writes its [rows, columns] intermediates into reused step buffers:
+    at most 64 B of new tensors per row per column of the rows' context (the
+    old code allocated about 200 B: each append and penalty built new tensors)."""
+    v2 = compat.v2_logits_interface()
+
+    class C(Cfg):
+        class speculative_config:
+            num_speculative_tokens = spec
+
+    n, rows = 2000, 3
+    tokens = torch.randint(0, 6, (rows, 2100))
+    proc = cls(C, v2_state(v2, tokens, [n] * rows, [n] * rows))
+    for s in range(rows):
+        proc.add_request(s, sp(**{**ARGS[cls], "no_repeat_ngram_whitelist": [2]} if s == 1 and
+                               cls is NoRepeatNgramLogitsProcessor else ARGS[cls]))
+    proc.apply_staged_writes()
+    slots = [s for s in range(rows) for _ in range(spec + 1)]
+    local = [j for _ in range(rows) for j in range(spec + 1)]
+    ctx = v2_ctx(v2, slots, local, [1] * len(slots), [n - 1 + j for j in local], [n + spec] * rows)
+    logits = torch.zeros(len(slots), VOCAB)
+    proc.apply(logits, ctx)  # the step buffers grow once
+    per_column = _bytes_allocated(lambda: proc.apply(logits, ctx)) / (len(slots) * (n + 1))
+    assert per_column <= 64, per_column
+    assert not proc.failures

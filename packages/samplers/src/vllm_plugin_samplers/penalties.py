@@ -18,7 +18,7 @@ import torch
 
 from .breakers import MAX_TAIL, BreakerSet
 from .params import DryParams
-from .suffix import SuffixBank, admit_packed, append
+from .suffix import SuffixBank, admit_packed
 
 __all__ = ["DryBatch", "NgramBatch"]
 
@@ -37,6 +37,7 @@ class _Batch:
         self.slots = slots
         self.device = device
         self.bank = SuffixBank(slots, device)
+        self.scratch = Scratch(device)
         self.cap = torch.zeros(slots + 1, dtype=torch.int32, device=device)
         self.window = np.zeros(slots + 1, dtype=np.int64)  # host: tokens a row needs (0 = all)
         self.last_n = torch.zeros(slots + 1, dtype=torch.int32, device=device)  # device mirror of window
@@ -94,24 +95,105 @@ class _Batch:
     def release(self, slot: int) -> None:
         """The request in ``slot`` left (its settings are overwritten at the next admission)."""
 
+    def fit(self, need: int) -> None:
+        """The bank's :meth:`~.suffix.SuffixBank.fit_width`; when it gives memory
+        back, so do the step buffers (they grow again to what steps use)."""
+        width = self.bank.width
+        self.bank.fit_width(need)
+        if self.bank.width < width:
+            self.scratch.clear()
+
+    def gather(self, slots: torch.Tensor | slice, cols: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``slots`` of the bank in columns ``cols``: views for a slice,
+        else copied into step scratch (no new ``[rows, columns]`` tensor)."""
+        tok, match = self.bank.tok[:, cols], self.bank.match[:, cols]
+        if isinstance(slots, slice):
+            return tok[slots], match[slots]
+        shape = (slots.numel(), tok.shape[1])
+        return (torch.index_select(tok, 0, slots, out=self.scratch.get("tok", shape, torch.int32)),
+                torch.index_select(match, 0, slots, out=self.scratch.get("match", shape, torch.int32)))
+
     def append_rows(self, slots: torch.Tensor | slice, x: torch.Tensor, cols: slice = slice(None)) -> None:
         """Append token ``x[k]`` to slot ``slots[k]`` (distinct slots, or a slice) in
         columns ``cols``; one scatter."""
-        tok, match = self.append_gathered(self.bank.tok[slots, cols], self.bank.match[slots, cols], slots, x)
-        self.bank.tok[slots, cols] = tok
-        self.bank.match[slots, cols] = match
+        tok, match = self.gather(slots, cols)
+        tok, match = self.append_gathered(tok, match, slots, x)
+        if isinstance(slots, slice):
+            self.bank.tok[slots, cols] = tok  # match was updated in place, in the bank
+        else:
+            self.bank.tok[:, cols].index_copy_(0, slots, tok)
+            self.bank.match[:, cols].index_copy_(0, slots, match)
         self.bank.length[slots] += 1
 
-    def append_gathered(self, tok: torch.Tensor, match: torch.Tensor, slots: torch.Tensor, x: torch.Tensor,
+    def append_gathered(self, tok: torch.Tensor, match: torch.Tensor, slots: torch.Tensor | slice, x: torch.Tensor,
                         do: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows already gathered by slot, with ``x`` appended where ``do`` (all if None)."""
-        new_tok, new_match = append(tok, match, x, self.cap[slots])
+        """Rows already gathered by slot, with ``x`` appended where ``do`` (all if
+        None). ``match`` is updated in place; the new tokens come back in a
+        scratch buffer other than ``tok`` (``tok`` is left as it was)."""
+        r, c = tok.shape
+        x = x.to(tok.dtype)
+        new_tok = self.scratch.get("tok_b" if self.scratch.holds("tok_a", tok) else "tok_a", (r, c), tok.dtype)
+        new_tok[:, :-1].copy_(tok[:, 1:])
+        new_tok[:, -1].copy_(x)
+        if do is not None:
+            torch.where(do[:, None], new_tok, tok, out=new_tok)
+        # match'[j] = match[j] + 1 (capped) where t[j + 1] == x, else 0; the last column: 0.
+        grown = self.scratch.get("grown", (r, c - 1), torch.int32)
+        torch.add(match[:, :-1], 1, out=grown)
+        torch.minimum(grown, self.cap[slots][:, None], out=grown)
+        same = self.scratch.get("same", (r, c - 1), torch.bool)
+        torch.eq(tok[:, 1:], x[:, None], out=same)
         reset = self.reset_mask(new_tok, slots)
         if reset is not None:
-            new_match = torch.where(reset[:, None], 0, new_match)
+            same &= ~reset[:, None]
+        grown.mul_(same)
         if do is None:
-            return new_tok, new_match
-        return torch.where(do[:, None], new_tok, tok), torch.where(do[:, None], new_match, match)
+            match[:, :-1].copy_(grown)
+            match[:, -1].zero_()
+        else:
+            torch.where(do[:, None], grown, match[:, :-1], out=match[:, :-1])
+            match[:, -1].masked_fill_(do, 0)
+        return new_tok, match
+
+    def penalty_index(self, nxt: torch.Tensor, vocab: int) -> torch.Tensor:
+        """int64 scratch: ``nxt`` clamped into ``[0, vocab)`` (the scatter's index)."""
+        index = self.scratch.get("index", nxt.shape, torch.long)
+        return index.copy_(nxt).clamp_(0, vocab - 1)
+
+    def lookup(self, table: torch.Tensor, row: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out[r, c] = table[row[r], index[r, c]]`` through a flat view of the
+        table, shifting ``index`` in place and back (no new index tensor)."""
+        width = table.shape[1]
+        shift = row[:, None] * width
+        index.add_(shift)
+        torch.index_select(table.reshape(-1), 0, index.reshape(-1), out=out.reshape(-1))
+        index.sub_(shift)
+        return out
+
+    def scatter_min(self, logits: torch.Tensor, rows: torch.Tensor | slice, index: torch.Tensor,
+                    invalid: torch.Tensor, minus: torch.Tensor | None) -> None:
+        """``logits[row, index] -= minus`` where not ``invalid``, the largest
+        ``minus`` per token (None: send the token to -inf): one gather and one
+        ``scatter_reduce(amin)``, in place on ``logits`` of any strides (vLLM
+        hands processors a column slice of a padded vocabulary). ``rows`` a
+        slice: 2-D on a view; row indices: 1-D on a flat view of the rows'
+        storage (or, for overlapping strides, on a copy). ``index`` (int64
+        scratch) is consumed."""
+        if isinstance(rows, slice):
+            _scatter_min_scratch(logits[rows], index, invalid, minus, self.scratch)
+            return
+        flat = flat_view(logits)
+        if flat is None:
+            sub = logits[rows]
+            _scatter_min_scratch(sub, index, invalid, minus, self.scratch)
+            logits[rows] = sub
+            return
+        target, (s0, s1) = flat
+        if s1 != 1:
+            index.mul_(s1)
+        index.add_(rows[:, None] * s0)
+        _scatter_min_scratch(target, index.reshape(-1), invalid.reshape(-1),
+                             None if minus is None else minus.reshape(-1), self.scratch)
 
     #: Per-slot device tensors an admission sets, in the order of :meth:`_settings`' columns.
     settings: tuple[str, ...] = ()
@@ -150,7 +232,7 @@ class _Batch:
         meta = np.stack([slots, np.asarray(rows, dtype=np.int64), np.asarray(starts, dtype=np.int64) + lengths - keep,
                          keep, at, lengths, c - keep], 1).astype(np.float64)
         dev = _upload(np.concatenate([meta, values], 1), self.device)
-        slot, row, src, kept, at_d, n_d, col0 = dev[:, :7].long().unbind(1)
+        slot, row, src, kept, at_d, n_d, col0 = dev[:, :7].T.long().contiguous()
         for name, col in zip(self.settings, dev[:, 7:].unbind(1), strict=True):
             t = functools.reduce(getattr, name.split("."), self)
             t.index_copy_(0, slot, col.to(t.dtype))
@@ -174,30 +256,6 @@ class _Batch:
         bank.length.index_copy_(0, slot, n_d)
         return slot
 
-    @staticmethod
-    def _scatter_min(logits: torch.Tensor, rows: torch.Tensor | slice, nxt: torch.Tensor, valid: torch.Tensor,
-                     minus: torch.Tensor | float) -> None:
-        """``logits[row, nxt] -= minus`` where valid, the largest ``minus`` per token:
-        one gather and one ``scatter_reduce(amin)``, in place on ``logits`` of any
-        strides (vLLM hands processors a column slice of a padded vocabulary).
-        ``rows`` a slice: 2-D on a view; a tensor of row indices: 1-D on a flat
-        view of the rows' storage (or, for overlapping strides, on a copy)."""
-        index = nxt.long().clamp(0, logits.shape[1] - 1)
-        if isinstance(rows, slice):
-            _scatter_min_2d(logits[rows], index, valid, minus)
-            return
-        flat = flat_view(logits)
-        if flat is None:
-            sub = logits[rows]
-            _scatter_min_2d(sub, index, valid, minus)
-            logits[rows] = sub
-            return
-        target, (s0, s1) = flat
-        index = (rows[:, None] * s0 + index * s1).reshape(-1)
-        minus = minus.reshape(-1) if isinstance(minus, torch.Tensor) else minus
-        _scatter_min_2d(target, index, valid.reshape(-1), minus)
-
-
 def _upload(values: np.ndarray, device: torch.device) -> torch.Tensor:
     """One host array to the device in one copy (from pinned memory on CUDA, not blocking the host)."""
     t = torch.from_numpy(np.ascontiguousarray(values))
@@ -219,10 +277,45 @@ def flat_view(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]] | None:
     return t.as_strided((span,), (1,), t.storage_offset()), (s0, s1)
 
 
-def _scatter_min_2d(target: torch.Tensor, index: torch.Tensor, valid: torch.Tensor,
-                    minus: torch.Tensor | float) -> None:
-    """``target[..., index] = min(target[..., index], target[..., index] - minus)`` where valid."""
-    vals = (target.gather(-1, index) - minus).masked_fill_(~valid, float("inf"))
+class Scratch:
+    """Step buffers reused from step to step (one flat tensor per name, grown
+    as a step needs, never shrunk but by :meth:`clear`): a step writes its
+    ``[rows, columns]`` intermediates into them with in-place and ``out=``
+    operations instead of allocating new tensors."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self.bufs.get(name)
+        if buf is None or buf.dtype != dtype or buf.numel() < n:
+            buf = self.bufs[name] = torch.empty(max(n, 1), dtype=dtype, device=self.device)
+        return buf[:n].view(shape)
+
+    def holds(self, name: str, t: torch.Tensor) -> bool:
+        buf = self.bufs.get(name)
+        return buf is not None and t.numel() > 0 and t.data_ptr() == buf.data_ptr()
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.bufs.values())
+
+    def clear(self) -> None:
+        self.bufs.clear()
+
+
+def _scatter_min_scratch(target: torch.Tensor, index: torch.Tensor, invalid: torch.Tensor,
+                         minus: torch.Tensor | None, scratch: Scratch) -> None:
+    """``target[..., index] = min(target[..., index], target[..., index] - minus)``
+    where not invalid (``minus`` None: -inf); the values go through scratch."""
+    vals = scratch.get("vals", tuple(index.shape), target.dtype)
+    if minus is None:
+        vals.fill_(float("-inf"))
+    else:
+        torch.gather(target, -1, index, out=vals)
+        vals.sub_(minus)
+    vals.masked_fill_(invalid, float("inf"))
     target.scatter_reduce_(-1, index, vals, reduce="amin", include_self=True)
 
 
@@ -300,21 +393,32 @@ class NgramBatch(_Batch):
     def penalize(self, logits: torch.Tensor, rows: torch.Tensor | slice, slots: torch.Tensor | slice,
                  tok: torch.Tensor | None = None, match: torch.Tensor | None = None,
                  active: torch.Tensor | None = None, cols: slice = slice(None)) -> None:
-        tok = self.bank.tok[slots, cols] if tok is None else tok
-        match = self.bank.match[slots, cols] if match is None else match
-        nxt = tok[:, 1:]
-        need = self.need_len[slots][:, None]
-        valid = (match[:, :-1] >= need) & (nxt >= 0)
+        if tok is None:
+            tok, match = self.gather(slots, cols)
+        r, c = tok.shape
+        nxt, m = tok[:, 1:], match[:, :-1]
+        need = self.need_len[slots]
+        invalid = self.scratch.get("invalid", (r, c - 1), torch.bool)
+        other = self.scratch.get("other", (r, c - 1), torch.bool)
+        torch.lt(m, need[:, None], out=invalid)
+        invalid |= torch.lt(nxt, 0, out=other)
         # A window of W: the n-gram ending at column j + 1 starts at j + 2 - n >= c - W.
-        c = tok.shape[1]
-        win = self.last_n[slots][:, None]
-        j = torch.arange(c - 1, device=tok.device)[None]
-        valid &= (win <= 0) | (j + 1 - need >= c - win)
+        win = self.last_n[slots]
+        first = torch.where(win > 0, c - win + need - 1, 0)
+        j = torch.arange(c - 1, device=tok.device, dtype=torch.int32)
+        invalid |= torch.lt(j[None], first[:, None], out=other)
         if self.any_whitelist:
-            valid &= ~self.whitelist.contains(slots, nxt)
+            wl = self.whitelist
+            index = self.penalty_index(nxt, wl.vocab)
+            self.lookup(wl.table, wl.row[slots], index, other)
+            other &= torch.lt(nxt, wl.vocab, out=self.scratch.get("other2", (r, c - 1), torch.bool))
+            invalid |= other  # whitelisted: never banned
+            index.copy_(nxt).clamp_(0, logits.shape[1] - 1)
+        else:
+            index = self.penalty_index(nxt, logits.shape[1])
         if active is not None:
-            valid &= active[:, None]
-        self._scatter_min(logits, rows, nxt, valid, float("inf"))
+            invalid |= ~active[:, None]
+        self.scatter_min(logits, rows, index, invalid, None)
 
 
 class DryBatch(_Batch):
@@ -463,20 +567,34 @@ class DryBatch(_Batch):
     def penalize(self, logits: torch.Tensor, rows: torch.Tensor | slice, slots: torch.Tensor | slice,
                  tok: torch.Tensor | None = None, match: torch.Tensor | None = None,
                  active: torch.Tensor | None = None, cols: slice = slice(None)) -> None:
-        tok = self.bank.tok[slots, cols] if tok is None else tok
-        match = self.bank.match[slots, cols] if match is None else match
-        c = tok.shape[1]
+        if tok is None:
+            tok, match = self.gather(slots, cols)
+        r, c = tok.shape
+        nxt = tok[:, 1:]
+        # length = min(match, j - start + 1): a window starts at column c - W.
         win = self.last_n[slots]
         start = torch.where(win > 0, c - win, 0)
-        j = torch.arange(c - 1, device=tok.device)
-        length = torch.minimum(match[:, :-1], j[None] - start[:, None] + 1)
-        nxt = tok[:, 1:]
-        allowed = self.allowed[slots][:, None]
-        valid = (length >= allowed) & (nxt >= 0) & ~self._is_single(self.set_idx[slots][:, None], nxt)
+        length = self.scratch.get("length", (r, c - 1), torch.int32)
+        torch.sub(torch.arange(1, c, device=tok.device, dtype=torch.int32)[None], start[:, None], out=length)
+        torch.minimum(length, match[:, :-1], out=length)
+        allowed = self.allowed[slots]
+        invalid = self.scratch.get("invalid", (r, c - 1), torch.bool)
+        other = self.scratch.get("other", (r, c - 1), torch.bool)
+        torch.lt(length, allowed[:, None], out=invalid)
+        invalid |= torch.lt(nxt, 0, out=other)
+        index = self.penalty_index(nxt, self.vocab)
+        self.lookup(self.single, self.set_idx[slots], index, other)
+        other &= torch.lt(nxt, self.vocab, out=self.scratch.get("other2", (r, c - 1), torch.bool))
+        invalid |= other  # breakers: never penalised
         if active is not None:
-            valid &= active[:, None]
-        exp = torch.minimum((length - allowed).float(), self.max_exp[slots][:, None])
+            invalid |= ~active[:, None]
+        # pen = mult * base ** min(length - allowed, max_exp), in float32 scratch.
+        pen = self.scratch.get("pen", (r, c - 1), torch.float32)
+        torch.sub(length, allowed[:, None], out=pen)
+        torch.minimum(pen, self.max_exp[slots][:, None], out=pen)
         # exp(88) < float32's largest: the factor stays finite, so a multiplier that
         # rounds to 0 gives 0, never 0 * inf = NaN (the clamp in float64 can round up).
-        pen = self.mult[slots][:, None] * torch.exp((exp * self.log_base[slots][:, None]).clamp_(max=_EXP_ARG_MAX))
-        self._scatter_min(logits, rows, nxt, valid, pen.to(logits.dtype))
+        pen.mul_(self.log_base[slots][:, None]).clamp_(max=_EXP_ARG_MAX).exp_().mul_(self.mult[slots][:, None])
+        if logits.shape[1] != self.vocab:
+            index.copy_(nxt).clamp_(0, logits.shape[1] - 1)
+        self.scatter_min(logits, rows, index, invalid, pen if logits.dtype == torch.float32 else pen.to(logits.dtype))

@@ -437,12 +437,12 @@ class _SuffixProcessor(_SamplerProcessor):
             need = b.need_all(np.flatnonzero(self.active_np), self.len_ub)
         else:
             need = max((b.need(r, int(n)) for r, (_, _, n) in self.rows.items()), default=0)
-        b.bank.fit_width(need)
+        b.fit(need)
 
     def _apply_v1(self, logits: torch.Tensor) -> None:
         rows, new = self._v1_new_tokens()
         b = self.batch
-        b.bank.fit_width(max(b.need(r, int(self.rows[r][2])) for r in rows))
+        b.fit(max(b.need(r, int(self.rows[r][2])) for r in rows))
         seen = np.zeros(self.slots + 1, dtype=np.int64)
         seen[rows] = [self.rows[r][2] for r in rows]
         groups = b.column_groups(np.asarray(rows), seen)
@@ -479,7 +479,7 @@ class _SuffixProcessor(_SamplerProcessor):
         # Never lowered while a request lives: a chunked prefill's step bounds
         # only its chunk, while the row holds the whole admitted prompt.
         self.len_ub[slots_on] = np.maximum(self.len_ub[slots_on], ctx.seq_lens_upper_bound_np[on] + self.num_spec)
-        b.bank.fit_width(b.need_all(np.flatnonzero(self.active_np), self.len_ub))
+        b.fit(b.need_all(np.flatnonzero(self.active_np), self.len_ub))
         groups = b.column_groups(slots_on, self.len_ub)
         n_req = len(reqs)
         # Rows per request, where the host can tell: 1, or 1 + num_spec for all.
@@ -517,7 +517,7 @@ class _SuffixProcessor(_SamplerProcessor):
         act = self.active[slot]
         pos0 = pos - local  # position of each request's last committed token
         ids0 = ids[row - local]
-        tok, match = b.bank.tok[slot, cols], b.bank.match[slot, cols]
+        tok, match = b.gather(slot, cols)
         n = b.bank.length[slot]
         history = self.req_states.all_token_ids.gpu
         width = history.shape[1]
