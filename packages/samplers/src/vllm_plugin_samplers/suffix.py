@@ -87,15 +87,19 @@ def admit_packed(tokens: torch.Tensor, first: torch.Tensor, last: torch.Tensor, 
         pw = _powers(base, max_seg, p, dev)
         h = torch.zeros(k + 1, dtype=torch.long, device=dev)
         h[1:] = torch.cumsum(t % p * pw[local] % p, 0) % p
-        # The segment ending at i, shifted by base ** (e - i), aligns with the one ending at e.
-        prefix.append((h, p, h[1:], pw[last - i], h[ends]))
-    for _ in range(int(max_len).bit_length() + 1):
+        # The segment ending at i, shifted by base ** (e - i), aligns with the one
+        # ending at e. Differences are kept non-negative (+ p) and reduced once:
+        # (h_i + p - h_j) * shift < 2**63, and equal mod p iff the difference is.
+        prefix.append((h, p, h[1:] + p, pw[last - i], h[ends] + p))
+    # [lo, hi] holds at most max_len + 1 candidates: bit_length(max_len) halvings.
+    for _ in range(int(max_len).bit_length()):
         mid = (lo + hi + 1) // 2
         ok = None
         for h, p, h_i, shift, h_e in prefix:
-            a = (h_i - h[i + 1 - mid]) % p * shift % p
-            b = (h_e - h[ends - mid]) % p
-            ok = a == b if ok is None else ok & (a == b)
+            a = (h_i - h[i + 1 - mid]) * shift
+            a.sub_(h_e - h[ends - mid]).remainder_(p)
+            same = a == 0
+            ok = same if ok is None else ok.logical_and_(same)
         lo = torch.where(ok, mid, lo)
         hi = torch.where(ok, hi, mid - 1)
     return lo.to(torch.int32)
