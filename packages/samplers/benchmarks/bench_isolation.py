@@ -9,6 +9,8 @@
   mode: new tensors only, views and in-place writes allocate nothing; target
   <= 64 B), and the step buffers it keeps between steps.
 * Admission of 256 DRY requests in one step against one (target <= 10x).
+* A DRY step with 32 worst-case breakers (every breaker 40 characters, so
+  32 x 39 multi-token tails of 20 tokens) against the default set (target <= 2x).
 * A short request's step after a 60k-token request with the sampler
   finished (vLLM's ``remove_request`` frees its slot; nothing reuses it).
 
@@ -144,6 +146,29 @@ def main() -> None:
         held = getattr(getattr(proc.batch, "scratch", None), "nbytes", lambda: 0)()
         print(f"dry: {bytes_allocated(s) / (n + 1):.1f} B allocated per step per column of a {n}-token row "
               f"(step buffers kept: {held / (n + 1):.0f} B per column; bank: {proc.batch.bank.width} columns)")
+
+    from vllm_plugin_samplers.breakers import MAX_TAIL, BreakerSet
+
+    rng = np.random.default_rng(0)
+    worst = BreakerSet(frozenset(rng.choice(vocab, 64, replace=False).tolist()), tuple(sorted(
+        (tuple(rng.integers(0, vocab, MAX_TAIL).tolist()), frozenset(rng.integers(0, vocab, 100).tolist()))
+        for _ in range(32 * 39))))
+
+    def breaker_step(bs, rows: int = 8, n: int = short_len):
+        Cfg.model_config.get_vocab_size = staticmethod(lambda: vocab)
+        proc = DryLogitsProcessor(Cfg, state(rows, n, [n] * rows))
+        if bs is not None:
+            proc._breakers = lambda p, sampling_params: bs
+        for s in range(rows):
+            proc.add_request(s, SamplingParams(extra_args={"dry_multiplier": 0.8}))
+        proc.apply_staged_writes()
+        c = ctx(list(range(rows)), [n] * rows)
+        logits = torch.randn(rows, vocab)
+        return lambda: proc.apply(logits, c)
+
+    t_default, t_worst = timed(breaker_step(None), steps), timed(breaker_step(worst), steps)
+    print(f"dry breakers (8 rows of {short_len} tokens): default set {t_default:.2f} ms, 32 worst-case breakers "
+          f"({len(worst.tails)} tails of {MAX_TAIL} tokens) {t_worst:.2f} ms ({t_worst / t_default:.2f}x)")
 
     def admit(k: int) -> float:
         Cfg.model_config.get_vocab_size = staticmethod(lambda: vocab)

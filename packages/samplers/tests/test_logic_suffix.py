@@ -254,3 +254,76 @@ def test_vocab_index_equals_a_scan(seed):
         q = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8)))
         assert index.ends_with(q).tolist() == np.flatnonzero(np.char.endswith(texts, q)).tolist(), q
         assert sorted(index.contains(q).tolist()) == np.flatnonzero(np.char.find(texts, q) >= 0).tolist(), q
+
+
+def _random_set(rng, alphabet, tails, longest):
+    from vllm_plugin_samplers.breakers import BreakerSet
+
+    single = frozenset(rng.sample(alphabet, 1))
+    seqs = {tuple(rng.choice(alphabet) for _ in range(rng.randrange(1, longest + 1))):
+            frozenset(rng.sample(alphabet, rng.randrange(1, 4))) for _ in range(tails)}
+    return BreakerSet(single, tuple(sorted(seqs.items())))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_packed_tail_table_equals_reference_across_sets(seed):
+    """Rows with different multi-token breaker sets (tails of 1 to 6 tokens,
+    overlapping, several heads each), admitted together and then appended to,
+    get the llama.cpp-style reference penalties at every step."""
+    rng = random.Random(seed)
+    alphabet = list(range(7))
+    sets = [_random_set(rng, alphabet, rng.randrange(1, 6), 6) for _ in range(3)]
+    p = DryParams(multiplier=1.0, base=1.5, allowed_length=1)
+    rows = 3
+    ctxs = [[rng.choice(alphabet) for _ in range(rng.randrange(1, 40))] for _ in range(rows)]
+    batch = DryBatch(rows, torch.device("cpu"), 16)
+    flat = torch.tensor([t for c in ctxs for t in c])
+    starts = np.cumsum([0] + [len(c) for c in ctxs])[:-1]
+    batch.admit_rows([(s, p, sets[s]) for s in range(rows)], [len(c) for c in ctxs], flat[None], np.zeros(rows),
+                     starts)
+    for _ in range(30):
+        logits = torch.zeros(rows, 16)
+        batch.penalize(logits, torch.arange(rows), torch.arange(rows))
+        for s, c in enumerate(ctxs):
+            seqs = [(t,) for t in sets[s].single] + [(h, *tail) for tail, heads in sets[s].tails for h in heads]
+            want = {t: v for t, v in ref_multi(c, 1.0, 1.5, 1, seqs).items() if t not in sets[s].single}
+            got = {i: -v for i, v in enumerate(logits[s].tolist()) if v}
+            assert got == pytest.approx(want, rel=1e-5), (s, c, sets[s])
+        new = [rng.choice(alphabet) for _ in range(rows)]
+        for c, t in zip(ctxs, new, strict=True):
+            c.append(t)
+        batch.bank.ensure_width(max(len(c) for c in ctxs) + 1)
+        batch.append_rows(torch.arange(rows), torch.tensor(new))
+
+
+def test_a_step_with_many_breaker_tails_runs_the_ops_of_one():
+    """32 worst-case breakers (32 x 39 tails of 20 tokens) cost a step the
+    same tensor operations as one tail: one packed table, looked up with
+    searchsorted, no loop over tails (the old step ran about 25 per tail)."""
+    from test_runner_interfaces import _ops
+
+    from vllm_plugin_samplers.breakers import MAX_TAIL, BreakerSet
+
+    rng = random.Random(3)
+    vocab = 5000
+    p = DryParams(multiplier=1.0, base=1.75, allowed_length=2)
+
+    def step_ops(bs):
+        batch = DryBatch(4, torch.device("cpu"), vocab)
+        for s in range(4):
+            batch.set_breakers(s, bs)
+            batch.add(s, p, torch.tensor([rng.randrange(50) for _ in range(300)]))
+        batch.bank.ensure_width(302)
+        logits = torch.zeros(4, vocab)
+
+        def step():
+            batch.append_rows(torch.arange(4), torch.tensor([1, 2, 3, 4]))
+            batch.penalize(logits, torch.arange(4), torch.arange(4))
+        step()
+        return _ops(step)
+
+    one = BreakerSet(frozenset({7}), (((5,) * MAX_TAIL, frozenset({9})),))
+    worst = BreakerSet(frozenset({7}), tuple(sorted(
+        (tuple(rng.randrange(vocab) for _ in range(MAX_TAIL)), frozenset(rng.randrange(vocab) for _ in range(50)))
+        for _ in range(32 * 39))))
+    assert step_ops(worst) == step_ops(one)

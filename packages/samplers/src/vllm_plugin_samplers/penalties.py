@@ -421,6 +421,93 @@ class NgramBatch(_Batch):
         self.scatter_min(logits, rows, index, invalid, None)
 
 
+class TailTable:
+    """Multi-token breakers of many sets as one packed, bounded table.
+
+    A tail ``t_1 .. t_k`` of set ``s`` with head ids ``H`` ends a breaker at a
+    position whose last ``k`` tokens are the tail and whose token before them
+    is in ``H``. Tails are keyed by ``(s, k, hash1)`` in one sorted int64
+    array (hash1, hash2: polynomial hashes of the reversed tail under two
+    primes with random bases, redrawn until no two tails share a key), heads
+    by ``tail id * (vocab + 1) + head`` in another. A query for a position
+    hashes its last 1 .. ``longest`` tokens (one cumulative sum), looks every
+    length up with one ``searchsorted``, checks hash2 and looks the head up
+    with a second ``searchsorted``: a fixed number of tensor operations for
+    any number of tails (no loop over them), ``[rows, longest]`` elements.
+    Memory: 24 B per tail and 8 B per head id.
+    """
+
+    def __init__(self, keys: torch.Tensor, tail_id: torch.Tensor, hash2: torch.Tensor, heads: torch.Tensor,
+                 powers: torch.Tensor, longest: int, vocab: int) -> None:
+        self.keys, self.tail_id, self.hash2, self.heads = keys, tail_id, hash2, heads
+        self.powers, self.longest, self.vocab = powers, longest, vocab
+
+    @classmethod
+    def build(cls, sets: list[tuple[int, tuple]], vocab: int, device: torch.device) -> TailTable | None:
+        """From ``(set index, BreakerSet.tails)`` pairs; None when no set has a tail."""
+        from .suffix import P1, P2
+
+        tails = [(idx, tail, heads) for idx, set_tails in sets for tail, heads in set_tails]
+        if not tails:
+            return None
+        longest = max(len(t) for _, t, _ in tails)
+        rng = np.random.default_rng()
+        while True:
+            b1, b2 = (int(rng.integers(2**20, p - 1)) for p in (P1, P2))
+            h1, h2 = [], []
+            for _, tail, _ in tails:
+                x1 = x2 = 0
+                w1 = w2 = 1
+                for t in reversed(tail):  # the last token gets power 0
+                    x1, x2 = (x1 + (t + 1) * w1) % P1, (x2 + (t + 1) * w2) % P2
+                    w1, w2 = w1 * b1 % P1, w2 * b2 % P2
+                h1.append(x1)
+                h2.append(x2)
+            keys = np.asarray([((idx * 32 + len(tail)) << 31) | x for (idx, tail, _), x in zip(tails, h1, strict=True)],
+                              dtype=np.int64)
+            if len(np.unique(keys)) == len(keys):
+                break
+        order = np.argsort(keys, kind="stable")
+        head_keys = [np.asarray(sorted(h for h in heads if h < vocab), dtype=np.int64) + tid * (vocab + 1)
+                     for tid, (_, _, heads) in enumerate(tails)]
+        heads_sorted = np.sort(np.concatenate(head_keys)) if head_keys else np.zeros(0, dtype=np.int64)
+        big = np.iinfo(np.int64).max  # a sentinel: lookups never run past the end
+        powers = np.ones((2, longest), dtype=np.int64)
+        for r, (b, p) in enumerate(((b1, P1), (b2, P2))):
+            for j in range(1, longest):
+                powers[r, j] = powers[r, j - 1] * b % p
+
+        def dev(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+        return cls(dev(np.append(keys[order], big)), dev(np.append(order, 0)), dev(np.asarray(h2, dtype=np.int64)),
+                   dev(np.append(heads_sorted, big)), dev(powers), longest, vocab)
+
+    def ends(self, window: torch.Tensor, set_idx: torch.Tensor) -> torch.Tensor:
+        """[N] bool: a tail of set ``set_idx[n]`` (with its head) ends at the last
+        column of ``window[n]`` (the last tokens, -1 for none; ``longest + 1``
+        columns are read, fewer are padded)."""
+        from .suffix import P1, P2
+
+        m = self.longest
+        window = window.long()
+        if window.shape[1] < m + 1:
+            window = torch.cat([window.new_full((window.shape[0], m + 1 - window.shape[1]), -1), window], 1)
+        rev = window[:, -(m + 1):].flip(1)  # rev[:, j] = the token j before the last
+        terms = rev[:, :m] + 1  # padding (-1) hashes as 0, no token does
+        h1 = torch.cumsum(terms * self.powers[0] % P1, 1) % P1  # [:, k - 1]: the last k tokens
+        h2 = torch.cumsum(terms * self.powers[1] % P2, 1) % P2
+        k = torch.arange(1, m + 1, device=window.device)
+        key = ((set_idx.long()[:, None] * 32 + k) << 31) | h1
+        at = torch.searchsorted(self.keys, key)
+        tid = self.tail_id[at]
+        ok = (self.keys[at] == key) & (self.hash2[tid] == h2)
+        head = rev[:, 1:]  # the token before the last k
+        head_key = tid * (self.vocab + 1) + head
+        ok &= (self.heads[torch.searchsorted(self.heads, head_key)] == head_key) & (head >= 0)
+        return ok.any(1)
+
+
 class DryBatch(_Batch):
     """DRY: penalty ``multiplier * base ** min(L - allowed, max_exp)`` on ``t[j + 1]``."""
 
@@ -437,8 +524,9 @@ class DryBatch(_Batch):
         self.set_np = np.zeros(slots + 1, dtype=np.int64)  # host mirror of set_idx
         self._sets: dict[BreakerSet, int] = {}
         self.single = torch.zeros((1, vocab), dtype=torch.bool, **f)
-        # Multi-token breakers: (tail tensor, head mask [vocab], set index).
-        self.tails: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+        # Multi-token breakers of every held set, as one packed table (:class:`TailTable`).
+        self.tails: TailTable | None = None
+        self._tails_stale = False
 
     def set_breakers(self, slot: int, bs: BreakerSet, device: bool = True) -> None:
         """Point ``slot`` at the device tables of breaker set ``bs`` (added once);
@@ -469,17 +557,13 @@ class DryBatch(_Batch):
         if ids:
             row[0, ids] = True
         self.single = torch.cat([self.single, row])
-        for tail, heads in bs.tails:
-            mask = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
-            hs = [h for h in heads if h < self.vocab]
-            if hs:
-                mask[hs] = True
-            self.tails.append((torch.tensor(tail, dtype=torch.int32, device=self.device), mask, idx))
+        self._tails_stale = self._tails_stale or bool(bs.tails)
 
     def _rebuild(self, keep: set[BreakerSet]) -> None:
         old = dict(self._sets)
-        self._sets, self.tails = {}, []
+        self._sets = {}
         self.single = self.single[:1]
+        self._tails_stale = True
         remap = np.zeros(len(old) + 2, dtype=np.int64)
         for bs in keep:
             idx = self._sets[bs] = len(self._sets) + 1
@@ -488,32 +572,24 @@ class DryBatch(_Batch):
         self.set_np = remap[self.set_np]
         self.set_idx.copy_(torch.from_numpy(self.set_np))
 
+    def _tail_table(self) -> TailTable | None:
+        """The held sets' multi-token breakers (built again, on the host, after a set came or went)."""
+        if self._tails_stale:
+            self._tails_stale = False
+            self.tails = TailTable.build([(i, bs.tails) for bs, i in self._sets.items()], self.vocab, self.device)
+        return self.tails
+
     def _is_single(self, set_idx: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         inside = (tokens >= 0) & (tokens < self.vocab)
         return inside & self.single[set_idx, tokens.long().clamp(0, self.vocab - 1)]
 
-    def _tail_ends(self, tok: torch.Tensor, set_idx: torch.Tensor) -> torch.Tensor:
-        """[R, C] bool: a multi-token breaker ends at that column (any applicable tail)."""
-        out = torch.zeros(tok.shape, dtype=torch.bool, device=tok.device)
-        c = tok.shape[1]
-        for tail, heads, idx in self.tails:
-            k = tail.numel()
-            if c < k + 1:
-                continue
-            ok = (set_idx == idx)[:, None] & heads[tok[:, : c - k].long().clamp(0, self.vocab - 1)] \
-                & (tok[:, : c - k] >= 0)
-            for j in range(k):
-                ok &= tok[:, 1 + j: c - k + 1 + j] == tail[j]
-            out[:, k:] |= ok
-        return out
-
-    def reset_mask(self, tok: torch.Tensor, rows_slot: torch.Tensor) -> torch.Tensor:
+    def reset_mask(self, tok: torch.Tensor, rows_slot: torch.Tensor | slice) -> torch.Tensor:
+        """[R] bool: the row's context (``tok``, right-aligned) now ends with a breaker."""
         sidx = self.set_idx[rows_slot]
         reset = self._is_single(sidx, tok[:, -1])
-        if self.tails:
-            c = tok.shape[1]
-            k = max(t.numel() for t, _, _ in self.tails) + 1
-            reset |= self._tail_ends(tok[:, c - min(c, k):], sidx)[:, -1]
+        table = self._tail_table()
+        if table is not None:
+            reset |= table.ends(tok[:, max(0, tok.shape[1] - table.longest - 1):], sidx)
         return reset
 
     settings = ("mult", "log_base", "max_exp", "allowed", "last_n", "cap", "set_idx")
@@ -543,26 +619,15 @@ class DryBatch(_Batch):
         """rep_limit: matches never reach back across the end of the last breaker."""
         sidx = self.set_idx[slot][seg]
         ends = self._is_single(sidx, tok)
-        if self.tails:
-            ends |= self._tail_ends_packed(tok, sidx, pos - first)
+        table = self._tail_table()
+        if table is not None:  # each position with the tokens before it in its own context
+            back = torch.arange(table.longest, -1, -1, device=tok.device)
+            at = pos[:, None] - back
+            ends |= table.ends(torch.where(at >= first[:, None], tok[at.clamp(min=0)], -1), sidx)
         mark = torch.where(ends, pos, first - 1)
         last_end = torch.zeros(n_seg, dtype=torch.long, device=tok.device)
         last_end.scatter_reduce_(0, seg, mark, reduce="amax", include_self=False)
         return torch.minimum(last - last_end[seg], self.cap[slot][seg].long())
-
-    def _tail_ends_packed(self, tok: torch.Tensor, sidx: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
-        """[K] bool: a multi-token breaker of the position's set ends there (contexts packed in ``tok``)."""
-        out = torch.zeros(tok.shape, dtype=torch.bool, device=tok.device)
-        m, k_all = max(t.numel() for t, _, _ in self.tails) + 1, tok.numel()
-        padded = torch.cat([tok.new_full((m,), -1), tok])  # padded[m + q] = tok[q]
-        for tail, heads, idx in self.tails:
-            k = tail.numel()
-            head = padded[m - k: m - k + k_all]
-            ok = (sidx == idx) & (local >= k) & heads[head.clamp(0, self.vocab - 1)] & (head >= 0)
-            for j in range(k):
-                ok &= padded[m - k + 1 + j: m - k + 1 + j + k_all] == tail[j]
-            out |= ok
-        return out
 
     def penalize(self, logits: torch.Tensor, rows: torch.Tensor | slice, slots: torch.Tensor | slice,
                  tok: torch.Tensor | None = None, match: torch.Tensor | None = None,
