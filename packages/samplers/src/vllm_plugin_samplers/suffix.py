@@ -92,16 +92,23 @@ def admit_packed(tokens: torch.Tensor, first: torch.Tensor, last: torch.Tensor, 
         # (h_i + p - h_j) * shift < 2**63, and equal mod p iff the difference is.
         prefix.append((h, p, h[1:] + p, pw[last - i], h[ends] + p))
     # [lo, hi] holds at most max_len + 1 candidates: bit_length(max_len) halvings.
+    # The rounds write into buffers allocated once (in place and out=): no new
+    # [K] tensor per operation (on the CPU each was fresh memory to fault in).
+    i1 = i.add_(1)  # i + 1 (i is not needed any more)
+    mid, at, a, b = (torch.empty_like(lo) for _ in range(4))
+    ok, same = torch.empty(k, dtype=torch.bool, device=dev), torch.empty(k, dtype=torch.bool, device=dev)
     for _ in range(int(max_len).bit_length()):
-        mid = (lo + hi + 1) // 2
-        ok = None
-        for h, p, h_i, shift, h_e in prefix:
-            a = (h_i - h[i + 1 - mid]) * shift
-            a.sub_(h_e - h[ends - mid]).remainder_(p)
-            same = a == 0
-            ok = same if ok is None else ok.logical_and_(same)
-        lo = torch.where(ok, mid, lo)
-        hi = torch.where(ok, hi, mid - 1)
+        torch.add(lo, hi, out=mid).add_(1).bitwise_right_shift_(1)  # (lo + hi + 1) // 2, both >= 0
+        for n, (h, p, h_i, shift, h_e) in enumerate(prefix):
+            torch.index_select(h, 0, torch.sub(i1, mid, out=at), out=a)
+            torch.sub(h_i, a, out=a).mul_(shift)
+            torch.index_select(h, 0, torch.sub(ends, mid, out=at), out=b)
+            a.sub_(torch.sub(h_e, b, out=b)).remainder_(p)
+            torch.eq(a, 0, out=ok if n == 0 else same)
+            if n:
+                ok.logical_and_(same)
+        torch.where(ok, mid, lo, out=lo)
+        torch.where(ok, hi, mid.sub_(1), out=hi)
     return lo.to(torch.int32)
 
 
