@@ -22,6 +22,8 @@ device, so the same seed gives the same text whatever else runs in the batch.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 __all__ = ["GROUP", "candidates", "coin", "top_k_for", "xtc_apply", "xtc_mask"]
@@ -31,6 +33,7 @@ _M32 = 0xFFFFFFFF
 GROUP = 16
 #: Rows per chunk of the ``exp`` sum on the CPU: the temporary stays in cache.
 _CPU_ROWS = 16
+_local = threading.local()  # the CPU chunk buffer (per thread: two engines in one process may step at once)
 
 
 def xtc_mask(logits_row: torch.Tensor, threshold: float, guard: torch.Tensor | None = None) -> torch.Tensor:
@@ -76,8 +79,11 @@ def _sum_exp(logits: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
     rows = logits.shape[0]
     if logits.device.type != "cpu" or rows <= _CPU_ROWS:
         return (logits.float() - top).exp_().sum(-1, keepdim=True)
-    # CPU: in chunks of rows through one buffer that stays in cache (half the time of one pass).
-    buf = torch.empty(_CPU_ROWS, logits.shape[1], device=logits.device)
+    # CPU: in chunks of rows through one buffer that stays in cache (half the
+    # time of one pass), kept between steps (a fresh one costs page faults).
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.shape[1] != logits.shape[1]:
+        buf = _local.buf = torch.empty(_CPU_ROWS, logits.shape[1], device=logits.device)
     out = torch.empty(rows, 1, device=logits.device)
     for i in range(0, rows, _CPU_ROWS):
         n = min(_CPU_ROWS, rows - i)
