@@ -94,6 +94,8 @@ def _watch_removals(proc: _SamplerProcessor) -> bool:
             remove_request.__wrapped__ = orig  # type: ignore[attr-defined]
             cls.remove_request = remove_request
         watched = True
+    for key in [k for k, refs in _WATCHERS.items() if all(r() is None for r in refs)]:
+        del _WATCHERS[key]  # runners gone (and their processors)
     key = id(_history_tensor(proc.req_states.all_token_ids))
     refs = [r for r in _WATCHERS.get(key, ()) if r() is not None]
     _WATCHERS[key] = [*refs, weakref.ref(proc)]
