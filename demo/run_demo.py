@@ -1,12 +1,15 @@
 """The main job: every installed plugin working in a real vLLM, on models
 built here (no hub, no internet).
 
-1. builds (or reuses from the cache) a tiny Llama with a trained tokenizer;
-   every output below is decoded with that tokenizer and printed as text;
-2. starts ``vllm serve`` with the plugins installed and the stats logger on,
-   and warms it up with untimed requests (vLLM's CPU build is slow on its
-   first batches, more so with LoRA), which also pick the prompt: of a few
-   candidates, the one where plain greedy decoding repeats itself most;
+1. builds (or reuses from the cache) a tiny Llama with a trained tokenizer,
+   and a copy with its attention output off, so that greedy decoding loops;
+   every output is decoded with that tokenizer and printed as text;
+2. starts ``vllm serve`` on the looping copy with the plugins installed and
+   the stats logger on, and warms it up with untimed requests (vLLM's CPU
+   build compiles a kernel with ``torch.compile`` on the first request that
+   asks for logprobs, and again for the first batch of several), which also
+   pick the prompt: of a few candidates, the one where plain greedy decoding
+   repeats itself most;
 3. shows each sampler doing its job through ``vllm_xargs`` with the official
    ``openai`` client, with a number: repeated 4-grams under plain greedy,
    no-repeat n-gram and DRY; for XTC, how often the model's top choice was
@@ -21,8 +24,9 @@ built here (no hub, no internet).
 6. runs a NanoChat checkpoint (vllm-plugin-models) offline, once under its
    own architecture name and once renamed through an alias, next to
    transformers' greedy text for the same prompt;
-7. runs the same Llama on the torch_native platform (vllm-plugin-torch-native,
-   ``VLLM_PLUGIN_TORCH_NATIVE=1``) next to vLLM's CPU platform;
+7. runs the tiny Llama (attention on) on the torch_native platform
+   (vllm-plugin-torch-native, ``VLLM_PLUGIN_TORCH_NATIVE=1``) next to
+   transformers' greedy text;
 8. embeds a document longer than a tiny BERT's context in one request with
    vllm-plugin-chunked-embeddings;
 9. lists every file it wrote.
