@@ -90,3 +90,23 @@ def test_a_value_head_size_other_than_the_key_head_size_is_refused():
     model[1].head_size, model[1].head_size_v = 64, 128
     with pytest.raises(UnsupportedConfiguration, match=r"value head size \(128\).*layer 1"):
         refuse_unequal_value_head_size(model)
+
+
+def test_a_fused_mixture_of_experts_layer_is_refused_whatever_the_config_calls_it():
+    """Configs name the expert count in many ways (moe_num_experts, ffn_config...):
+    after loading, any vLLM FusedMoE layer is refused, naming the layer."""
+    import torch
+
+    from vllm_plugin_torch_native.worker import refuse_mixture_of_experts
+
+    class FusedMoE(torch.nn.Module):  # stands for vLLM's class, matched by name through the MRO
+        pass
+
+    class ErnieMoE(FusedMoE):
+        pass
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    refuse_mixture_of_experts(model)
+    model.append(ErnieMoE())
+    with pytest.raises(UnsupportedConfiguration, match=r"mixture-of-experts.*layer 1"):
+        refuse_mixture_of_experts(model)

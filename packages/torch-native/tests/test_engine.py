@@ -113,7 +113,7 @@ def test_no_op_of_vllm_compiled_extensions_is_dispatched(runs):
     native, _ = runs
     guard = native["compiled_ops"]
     assert guard["calls"] == {}, f"vLLM compiled ops called on torch_native: {guard['calls']}"
-    assert [lib for lib in guard["libraries"] if lib.startswith("_")] == [], guard["libraries"]
+    assert guard["libraries"] == [], guard["libraries"]  # any .so under vllm/ (cumem_allocator, fa2 ...)
 
 
 def test_platform_in_main_process_and_engine(runs):

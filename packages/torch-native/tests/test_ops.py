@@ -33,6 +33,24 @@ def test_rms_norm_and_fused_add(vllm_ctx):
     assert CALLS["fused_add_rms_norm"] == before.get("fused_add_rms_norm", 0) + 1
 
 
+def test_rms_norm_bfloat16_activation_with_a_float32_weight(vllm_ctx):
+    """A norm built in float32 (some models' q/k norms) over bfloat16
+    activations returns bfloat16, as vLLM's native op, with equal values."""
+    from vllm_plugin_torch_native.ops import TorchNativeRMSNorm
+
+    op = TorchNativeRMSNorm(64, eps=1e-5, dtype=torch.float32)
+    with torch.no_grad():
+        op.weight.copy_(torch.randn(64))
+    x, r = torch.randn(5, 64).bfloat16(), torch.randn(5, 64).bfloat16()
+    got, want = op.forward_oot(x), op.forward_native(x.clone())
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want)
+    out, res = op.forward_oot(x, r)
+    ref_out, ref_res = op.forward_native(x.clone(), r.clone())
+    assert out.dtype == ref_out.dtype and res.dtype == ref_res.dtype
+    torch.testing.assert_close(out, ref_out)
+
+
 def test_silu_and_mul(vllm_ctx):
     from vllm_plugin_torch_native.ops import TorchNativeSiluAndMul
 

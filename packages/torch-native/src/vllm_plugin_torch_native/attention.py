@@ -15,8 +15,9 @@ runner computes ``slot_mapping`` for the new tokens.
   tokens already in the cache. Grouped-query attention through
   ``enable_gqa``; a sliding window narrows the mask.
 * encoder-only layers (pooling models such as BERT: non-causal, no KV cache):
-  every request of the step in one ``scaled_dot_product_attention`` over the
-  step's own keys/values with a block-diagonal mask (no loop, no host sync).
+  one ``scaled_dot_product_attention`` per length group (power-of-two
+  bands, as decodes) over the step's own keys/values, padded per row with a
+  key-padding mask; never one step-wide n x n mask.
 
 The metadata builder is this module's own (no C++ scheduler metadata): it keeps
 the fields of vLLM's ``CommonAttentionMetadata`` the forward needs, plus their

@@ -35,7 +35,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
     variance = xv.pow(2).mean(dim=-1, keepdim=True)
     out = (xf * torch.rsqrt(variance + eps)).to(orig_dtype)
     if weight is not None:
-        out = out * weight
+        out = (out * weight).to(orig_dtype)  # a float32 weight keeps a bfloat16 activation bfloat16
     return out
 
 

@@ -19,7 +19,7 @@ from vllm.v1.worker.cpu_worker import CPUWorker
 from vllm.v1.worker.gpu_worker import Worker
 
 from vllm_plugin_core.compat import cpu_memory_fraction, standalone_cpu_runner_available
-from vllm_plugin_torch_native import runner, slots
+from vllm_plugin_torch_native import runner, sampling, slots
 from vllm_plugin_torch_native.linear import pack_linear_layers
 
 
@@ -35,6 +35,17 @@ def requested_memory(gpu_memory_utilization: float) -> int:
 
         total = psutil.virtual_memory().total
     return math.ceil(total * gpu_memory_utilization)
+
+
+def refuse_mixture_of_experts(model: Any) -> None:
+    """Refuse at start a model with vLLM's fused mixture-of-experts layer (its
+    experts run vLLM's compiled or Triton kernels), whatever its config calls
+    the expert count."""
+    from vllm_plugin_torch_native.platform import _fail
+
+    for name, module in model.named_modules():
+        if any(cls.__name__ == "FusedMoE" for cls in type(module).__mro__):
+            _fail(f"mixture-of-experts layers (vLLM's FusedMoE, layer {name})", "Use a dense model.")
 
 
 def refuse_unequal_value_head_size(model: Any) -> None:
@@ -59,6 +70,7 @@ class TorchNativeWorker(CPUWorker):
         Worker.__init__(self, vllm_config, local_rank, rank, distributed_init_method,
                         is_driver_worker=is_driver_worker)
         self.parallel_config.disable_custom_all_reduce = True
+        sampling.install()  # vLLM's top-k/top-p on PyTorch, never Triton on CPU tensors
         if not standalone_cpu_runner_available():
             slots.install()  # V1's BlockTable (vLLM <= 0.33)
 
@@ -79,7 +91,9 @@ class TorchNativeWorker(CPUWorker):
 
     def load_model(self, *args: Any, **kwargs: Any) -> None:
         super().load_model(*args, **kwargs)
-        refuse_unequal_value_head_size(self.model_runner.get_model())
+        model = self.model_runner.get_model()
+        refuse_mixture_of_experts(model)
+        refuse_unequal_value_head_size(model)
         # The platform's own GEMM (linear.py): weights laid out once ([in, out]), after loading.
         pack_linear_layers(self.model_runner.get_model())
 
