@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_cpu_ops import _LargestTensor, _PeakLiveBytes  # (the memory probes, shared)
 
 from vllm_plugin_torch_native import BACKEND_PATH
@@ -302,3 +303,81 @@ def test_decode_peak_memory_grows_with_the_sum_of_contexts():
     longer = _decode_step_peak_bytes([8] * 64 + [2048])
     assert longer <= 2.2 * mixed, (longer, mixed)
 
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("window", [None, 4, 17])
+def test_batched_prefills_of_unequal_lengths_match_reference_with_nan_in_unused_slots(seed, window):
+    """Twelve prefills in one step (first chunks, later chunks after a cached
+    context, one-token-longer and long ones), scattered blocks and a cache
+    whose unused slots hold NaN: each equals dense attention over its own
+    keys, and a fixed number of attention calls runs (one per length group,
+    not one per request)."""
+    from vllm_plugin_torch_native.attention import CALLS
+
+    g = torch.Generator().manual_seed(seed)
+    heads, hkv, d = 4, 2, 8
+    impl = TorchNativeAttentionImpl(heads, d, 1 / math.sqrt(d), hkv, None, window, "auto")
+    n = 12
+    ctx = torch.randint(0, 60, (n,), generator=g).tolist()
+    new = torch.randint(2, 21, (n,), generator=g).tolist()
+    total = [c + k for c, k in zip(ctx, new, strict=True)]
+    nbs = [(t + BLOCK - 1) // BLOCK for t in total]
+    kv_cache = torch.full((sum(nbs) + 5, hkv, BLOCK, 2 * d), float("nan"))
+    perm = torch.randperm(kv_cache.shape[0], generator=g)
+    block_table = torch.zeros(n, max(nbs) + 2, dtype=torch.int32)
+    at = 0
+    for i, nb in enumerate(nbs):
+        block_table[i, :nb] = perm[at:at + nb]
+        at += nb
+    full = [(torch.randn(t, hkv, d, generator=g), torch.randn(t, hkv, d, generator=g)) for t in total]
+    with_ctx = [i for i in range(n) if ctx[i] > 1]
+    run_step(impl, kv_cache, block_table[with_ctx], [(0, ctx[i], *full[i]) for i in with_ctx],
+             heads, hkv, d, g)  # the cached contexts (prefills themselves)
+    rows = [i for i in range(n) if ctx[i] != 1]  # a 1-token context is not a prefill step here
+    reqs = [(ctx[i] if ctx[i] > 1 else 0, new[i] + (ctx[i] if ctx[i] == 1 else 0), *full[i]) for i in rows]
+    sdpa = []
+    real = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = lambda *a, **k: sdpa.append(1) or real(*a, **k)
+    try:
+        before = CALLS["forward"]
+        out, queries, qsl = run_step(impl, kv_cache, block_table[rows], reqs, heads, hkv, d, g)
+    finally:
+        F.scaled_dot_product_attention = real
+    assert CALLS["forward"] == before + 1
+    assert torch.isfinite(out).all()
+    for j, (c, k_new, fk, fv) in enumerate(reqs):
+        q_pos = torch.arange(c, c + k_new)
+        ref = dense_reference(queries[j], fk[:c + k_new], fv[:c + k_new], q_pos, impl.scale, window)
+        torch.testing.assert_close(out[qsl[j]:qsl[j + 1]].double(), ref, atol=1e-5, rtol=1e-5)
+    # one call per (query band x context band) group, fewer than the requests (one each before)
+    assert len(sdpa) < len(rows), (len(sdpa), len(rows))
+
+
+def test_a_windowed_prefill_reads_only_the_blocks_its_window_sees():
+    """A 4-token chunk after 4000 cached tokens with a window of 8: no tensor
+    of the step is near the size of the whole context's keys."""
+    from vllm_plugin_torch_native.attention import TorchNativeMetadata
+
+    heads = hkv = 2
+    d, window, ctx, q_len = 8, 8, 4000, 4
+    impl = TorchNativeAttentionImpl(heads, d, 1 / math.sqrt(d), hkv, None, window, "auto")
+    total = ctx + q_len
+    nb = (total + BLOCK - 1) // BLOCK
+    kv_cache = torch.randn(nb, hkv, BLOCK, 2 * d)
+    block_table = torch.arange(nb, dtype=torch.int32)[None, :]
+    qsl = torch.tensor([0, q_len], dtype=torch.int32)
+    cm = SimpleNamespace(num_reqs=1, num_actual_tokens=q_len, max_query_len=q_len, max_seq_len=total,
+                         query_start_loc=qsl, query_start_loc_cpu=qsl,
+                         seq_lens=torch.tensor([total], dtype=torch.int32), block_table_tensor=block_table,
+                         slot_mapping=torch.full((q_len,), -1), causal=True)
+    meta: TorchNativeMetadata = metadata_from_common(cm)
+    q = torch.randn(q_len, heads, d)
+    out = torch.zeros_like(q)
+    with _LargestTensor() as probe:
+        impl.forward(None, q, q[:, :hkv], q[:, :hkv], kv_cache, meta, output=out)
+    assert probe.largest <= 4 * (window + q_len + 2 * BLOCK) * hkv * 2 * d, probe.largest
+    k_all = kv_cache[..., :d].permute(1, 0, 2, 3).reshape(hkv, -1, d)[:, :total].transpose(0, 1)
+    v_all = kv_cache[..., d:].permute(1, 0, 2, 3).reshape(hkv, -1, d)[:, :total].transpose(0, 1)
+    ref = dense_reference(q, k_all, v_all, torch.arange(ctx, total), impl.scale, window)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)

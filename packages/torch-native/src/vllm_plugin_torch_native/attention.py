@@ -130,6 +130,11 @@ class TorchNativeMetadata:
     decode_groups: list[tuple[torch.Tensor, int]] | None = None
     # built by the first decoder layer of the step (see decode_plan)
     decode_plan: tuple[Any, ...] | None = None
+    #: prefill requests grouped by (query length, context length) bands:
+    #: ``(request indices, longest query, longest context)`` per group
+    prefill_groups: list[tuple[torch.Tensor, int, int]] | None = None
+    # built by the first decoder layer of each (block size, window) (see prefill_plan)
+    prefill_plans: dict[Any, Any] | None = None
 
 
 class TorchNativeMetadataBuilder(AttentionMetadataBuilder[TorchNativeMetadata]):
@@ -183,6 +188,8 @@ def metadata_from_common(cm: Any) -> TorchNativeMetadata:
         decode_reqs=torch.from_numpy(decode) if decode.size else None,
         decode_max_len=int(np.asarray(seq_lens, dtype=np.int64)[decode].max()) if decode.size else 0,
         prefill_reqs=prefill,
+        prefill_groups=prefill_length_groups(np.asarray(prefill, dtype=np.int64), q_lens[prefill],
+                                             lens[prefill]) if prefill else None,
     )
 
 
@@ -198,6 +205,23 @@ def length_groups(index: np.ndarray, lengths: np.ndarray) -> list[tuple[torch.Te
     cuts = np.flatnonzero(np.diff(band)) + 1
     return [(torch.from_numpy(np.ascontiguousarray(i)), int(ln.max()))
             for i, ln in zip(np.split(index, cuts), np.split(lengths, cuts), strict=True)]
+
+
+def prefill_length_groups(index: np.ndarray, q_lens: np.ndarray, seq_lens: np.ndarray
+                          ) -> list[tuple[torch.Tensor, int, int]]:
+    """Prefill requests grouped by power-of-two bands of both their query
+    length and their context length, as ``(indices, longest query, longest
+    context)``: padding each to its group's longest costs each member at most
+    about 4x its own query x context work. Vectorised (no loop over requests)."""
+    bq = np.ceil(np.log2(np.maximum(q_lens, 1))).astype(np.int64)
+    bs = np.ceil(np.log2(np.maximum(seq_lens, 1))).astype(np.int64)
+    band = bq * 64 + bs
+    order = np.argsort(band, kind="stable")
+    band, index, q_lens, seq_lens = band[order], index[order], q_lens[order], seq_lens[order]
+    cuts = np.flatnonzero(np.diff(band)) + 1
+    return [(torch.from_numpy(np.ascontiguousarray(i)), int(q.max()), int(k.max()))
+            for i, q, k in zip(np.split(index, cuts), np.split(q_lens, cuts), np.split(seq_lens, cuts),
+                               strict=True)]
 
 
 def write_kv(kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -308,38 +332,29 @@ class TorchNativeAttentionImpl(AttentionImpl[TorchNativeMetadata]):
             self._encoder(query, key, value, m, output)
             return output
         CALLS["forward"] += 1
-        qsl, seq_lens = m.query_start_loc_list, m.seq_lens_list
-        d = self.head_size
         if m.decode_reqs is not None:
             self._decode(query, kv_cache, m, output)
-        for i in m.prefill_reqs or ():
-            q0, q1 = qsl[i], qsl[i + 1]
-            seq_len = seq_lens[i]
-            q_len = q1 - q0
-            context = seq_len - q_len
-            block_size = kv_cache.shape[2]
-            nb = (seq_len + block_size - 1) // block_size
-            k, v = gather_kv(kv_cache, m.block_table[i, :nb].long(), d)  # [H_kv, S', D]
-            k, v = k[:, :seq_len], v[:, :seq_len]
-            if self.sliding_window is not None:
-                # keys before the first query's window may sit in freed, reused
-                # blocks: zeroed, so no NaN there can reach the output
-                lo = max(0, context - self.sliding_window + 1)
-                k[:, :lo] = 0
-                v[:, :lo] = 0
-            q = query[q0:q1].transpose(0, 1)  # [H, q_len, D]
-            if context == 0 and self.sliding_window is None:
-                out = F.scaled_dot_product_attention(
-                    q, k.to(q.dtype), v.to(q.dtype), is_causal=True, scale=self.scale,
-                    enable_gqa=self.gqa)
-            else:
-                q_pos = torch.arange(context, seq_len, device=q.device)
-                mask = allowed_mask(q_pos, seq_len, self.sliding_window)
-                out = F.scaled_dot_product_attention(
-                    q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=self.scale,
-                    enable_gqa=self.gqa)
-            output[q0:q1] = out.transpose(0, 1).to(output.dtype)
+        if m.prefill_groups is not None:
+            self._prefill(query, kv_cache, m, output)
         return output
+
+    def _prefill(self, query: torch.Tensor, kv_cache: torch.Tensor, m: TorchNativeMetadata,
+                 output: torch.Tensor) -> None:
+        """Prefill requests (first chunks, later chunks, continuations after a
+        prefix-cache hit), one batched attention per (query, context) length
+        group (:func:`prefill_plan`). Each row reads only the blocks from the
+        first key its window can see; keys no query of the row may see are
+        zeroed, so stale or NaN cache slots cannot leak."""
+        for tok, valid_q, block_ids, mask, hidden in prefill_plan(m, kv_cache.shape[2], self.sliding_window):
+            k, v = gather_kv(kv_cache, block_ids, self.head_size)  # [B, H_kv, nb*N, D]
+            k, v = k[:, :, :mask.shape[-1]], v[:, :, :mask.shape[-1]]
+            k = k.masked_fill(hidden, 0)
+            v = v.masked_fill(hidden, 0)
+            q = query[tok].transpose(1, 2)  # [B, H, Lq, D]
+            out = F.scaled_dot_product_attention(
+                q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=self.scale,
+                enable_gqa=self.gqa)  # [B, H, Lq, D]
+            output[tok[valid_q]] = out.transpose(1, 2)[valid_q].to(output.dtype)
 
     def _encoder(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                  m: TorchNativeMetadata, output: torch.Tensor) -> None:
@@ -411,3 +426,57 @@ def decode_plan(m: TorchNativeMetadata, block_size: int
             parts.append((rows, lens, block_ids, max_len, mask))
         plan = m.decode_plan = (block_size, parts)
     return plan[1]
+
+
+
+def prefill_plan(m: TorchNativeMetadata, block_size: int, window: int | None
+                 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(tok, valid_q, block_ids, mask, hidden)`` per prefill length group:
+    query token index ``[B, Lq]`` (padding at 0) and its validity, the block
+    ids ``[B, nb]`` from each row's first visible block, the attention mask
+    ``[B, 1, Lq, Lk]`` (causal, window, context length; a padding query row
+    sees key 0 only, so no row is fully masked) and the keys no query of the
+    row sees ``[B, 1, Lk, 1]``. Built once per (block size, window) and kept
+    on the metadata for the step's other layers."""
+    key = (block_size, window)
+    plans = m.prefill_plans if m.prefill_plans is not None else {}
+    m.prefill_plans = plans
+    if key in plans:
+        return plans[key]
+    assert m.prefill_groups is not None
+    qsl = m.query_start_loc[:m.num_reqs + 1].long()
+    seq = m.seq_lens[:m.num_reqs].long()
+    qsl_h = np.asarray(m.query_start_loc_list, dtype=np.int64)
+    seq_h = np.asarray(m.seq_lens_list, dtype=np.int64)
+    parts = []
+    for reqs, lq, _ in m.prefill_groups:
+        r = reqs.numpy()
+        ctx_h = seq_h[r] - (qsl_h[r + 1] - qsl_h[r])
+        lo_h = np.maximum(ctx_h - window + 1, 0) if window is not None else np.zeros_like(ctx_h)
+        base_h = lo_h // block_size * block_size  # first key position each row reads
+        span = int((seq_h[r] - base_h).max())  # keys read by the widest row
+        nb = (span + block_size - 1) // block_size
+        dev = qsl.device
+        starts = qsl.index_select(0, reqs.to(dev))
+        q_lens = qsl.index_select(0, reqs.to(dev) + 1) - starts
+        s_lens = seq.index_select(0, reqs.to(dev))
+        ctx = s_lens - q_lens
+        base = torch.from_numpy(base_h).to(dev)
+        lo = torch.from_numpy(lo_h).to(dev)
+        offs_q = torch.arange(lq, device=dev)
+        valid_q = offs_q[None, :] < q_lens[:, None]  # [B, Lq]
+        tok = (starts[:, None] + offs_q[None, :]).masked_fill(~valid_q, 0)
+        table = m.block_table.index_select(0, reqs.to(m.block_table.device)).long()
+        col = (base // block_size)[:, None] + torch.arange(nb, device=dev)[None, :]
+        block_ids = table.gather(1, col.clamp(max=table.shape[1] - 1))  # [B, nb]
+        k_pos = base[:, None] + torch.arange(span, device=dev)[None, :]  # [B, Lk] absolute
+        q_pos = ctx[:, None] + offs_q[None, :]  # [B, Lq] absolute
+        visible_k = (k_pos < s_lens[:, None]) & (k_pos >= lo[:, None])  # [B, Lk]
+        mask = (k_pos[:, None, :] <= q_pos[:, :, None]) & visible_k[:, None, :]
+        if window is not None:
+            mask &= (q_pos[:, :, None] - k_pos[:, None, :]) < window
+        mask &= valid_q[:, :, None]
+        mask[:, :, 0] |= ~valid_q  # padding rows: one key, output discarded
+        parts.append((tok, valid_q, block_ids, mask[:, None], ~visible_k[:, None, :, None]))
+    plans[key] = parts
+    return parts
