@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -197,38 +198,46 @@ def test_decodes_of_unequal_lengths_match_reference_and_nan_in_unused_slots_cann
         torch.testing.assert_close(out[qsl[j]:qsl[j + 1]].double(), ref, atol=1e-5, rtol=1e-5)
 
 
-def test_decode_memory_grows_with_the_sum_of_contexts_not_count_times_longest():
-    """64 decodes of 8 tokens beside one of 1024: no tensor of the step is
-    larger than about the long request's own keys and values, where padding
-    every row to the longest would make 65 x 1024 rows."""
+def _decode_step(lens: list[int], probe_cls: type, heads: int = 2, hkv: int = 2, d: int = 8) -> Any:
+    """One decode of each request (contexts ``lens``) over contiguous blocks, in a
+    block table wider than any row needs, the metadata built and the forward
+    run inside ``probe_cls`` (a memory probe); returns the probe."""
     from vllm_plugin_torch_native.attention import TorchNativeMetadata
 
-    heads = hkv = 2
-    d = 8
     impl = TorchNativeAttentionImpl(heads, d, 1 / math.sqrt(d), hkv, None, None, "auto")
-    lens = [8] * 64 + [1024]
     nbs = [(n + BLOCK - 1) // BLOCK for n in lens]
     kv_cache = torch.randn(sum(nbs), hkv, BLOCK, 2 * d)
-    block_table = torch.zeros(len(lens), max(nbs), dtype=torch.int32)
+    block_table = torch.zeros(len(lens), max(nbs) + 3, dtype=torch.int32)
     at = 0
     for i, nb in enumerate(nbs):
         block_table[i, :nb] = torch.arange(at, at + nb)
         at += nb
     n = len(lens)
     qsl = torch.arange(n + 1, dtype=torch.int32)
-    cm = SimpleNamespace(num_reqs=n, num_actual_tokens=n, max_query_len=1, max_seq_len=1024,
+    cm = SimpleNamespace(num_reqs=n, num_actual_tokens=n, max_query_len=1, max_seq_len=max(lens),
                          query_start_loc=qsl, query_start_loc_cpu=qsl,
                          seq_lens=torch.tensor(lens, dtype=torch.int32), block_table_tensor=block_table,
                          slot_mapping=torch.full((n,), -1), causal=True)
-    meta: TorchNativeMetadata = metadata_from_common(cm)
     q = torch.randn(n, heads, d)
     out = torch.zeros_like(q)
-    with _LargestTensor() as probe:
+    with probe_cls() as probe:
+        meta: TorchNativeMetadata = metadata_from_common(cm)
         impl.forward(None, q, q[:, :hkv], q[:, :hkv], kv_cache, meta, output=out)
+        del meta
+    assert torch.isfinite(out).all()
+    return probe
+
+
+def test_decode_memory_grows_with_the_sum_of_contexts_not_count_times_longest():
+    """64 decodes of 8 tokens beside one of 1024: no tensor of the step is
+    larger than about the long request's own keys and values, where padding
+    every row to the longest would make 65 x 1024 rows."""
+    hkv, d = 2, 8
+    lens = [8] * 64 + [1024]
+    probe = _decode_step(lens, _LargestTensor, hkv=hkv, d=d)
     one_long = 1024 * hkv * 2 * d  # the long request's gathered keys and values
     assert probe.largest <= one_long, probe.largest
-    assert probe.largest < n * 1024 * hkv * d  # what padding to the longest made
-    assert torch.isfinite(out).all()
+    assert probe.largest < len(lens) * 1024 * hkv * d  # what padding to the longest made
 
 
 def test_encoder_requests_of_unequal_lengths_attend_only_to_themselves():
@@ -259,32 +268,9 @@ def test_encoder_requests_of_unequal_lengths_attend_only_to_themselves():
         torch.testing.assert_close(out[a:b].double(), ref, atol=1e-5, rtol=1e-5)
 
 
-def _decode_step_peak_bytes(lens: list[int], heads: int = 2, hkv: int = 2, d: int = 8) -> int:
+def _decode_peak(lens: list[int]) -> int:
     """Peak live bytes the attention step allocates for one decode of each request."""
-    from vllm_plugin_torch_native.attention import TorchNativeMetadata
-
-    impl = TorchNativeAttentionImpl(heads, d, 1 / math.sqrt(d), hkv, None, None, "auto")
-    nbs = [(n + BLOCK - 1) // BLOCK for n in lens]
-    kv_cache = torch.randn(sum(nbs), hkv, BLOCK, 2 * d)
-    block_table = torch.zeros(len(lens), max(nbs) + 3, dtype=torch.int32)  # wider than any row needs
-    at = 0
-    for i, nb in enumerate(nbs):
-        block_table[i, :nb] = torch.arange(at, at + nb)
-        at += nb
-    n = len(lens)
-    qsl = torch.arange(n + 1, dtype=torch.int32)
-    cm = SimpleNamespace(num_reqs=n, num_actual_tokens=n, max_query_len=1, max_seq_len=max(lens),
-                         query_start_loc=qsl, query_start_loc_cpu=qsl,
-                         seq_lens=torch.tensor(lens, dtype=torch.int32), block_table_tensor=block_table,
-                         slot_mapping=torch.full((n,), -1), causal=True)
-    q = torch.randn(n, heads, d)
-    out = torch.zeros_like(q)
-    with _PeakLiveBytes() as probe:
-        meta: TorchNativeMetadata = metadata_from_common(cm)
-        impl.forward(None, q, q[:, :hkv], q[:, :hkv], kv_cache, meta, output=out)
-        del meta
-    assert torch.isfinite(out).all()
-    return probe.peak
+    return _decode_step(lens, _PeakLiveBytes).peak
 
 
 def test_decode_peak_memory_grows_with_the_sum_of_contexts():
@@ -294,13 +280,13 @@ def test_decode_peak_memory_grows_with_the_sum_of_contexts():
     the long context (2x context: about 2x bytes)."""
     hkv, d = 2, 8
     kv_per_token = hkv * 2 * d * 4  # keys and values, float32
-    long_alone = _decode_step_peak_bytes([1024])
-    mixed = _decode_step_peak_bytes([8] * 64 + [1024])
+    long_alone = _decode_peak([1024])
+    mixed = _decode_peak([8] * 64 + [1024])
     shorts = 64 * 8 * kv_per_token
     padded = 65 * 1024 * kv_per_token  # padding every row to the longest
     assert mixed <= long_alone + 4 * shorts, (mixed, long_alone, shorts)
     assert mixed < padded / 8, (mixed, padded)
-    longer = _decode_step_peak_bytes([8] * 64 + [2048])
+    longer = _decode_peak([8] * 64 + [2048])
     assert longer <= 2.2 * mixed, (longer, mixed)
 
 
