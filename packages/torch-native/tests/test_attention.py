@@ -367,3 +367,39 @@ def test_a_windowed_prefill_reads_only_the_blocks_its_window_sees():
     v_all = kv_cache[..., d:].permute(1, 0, 2, 3).reshape(hkv, -1, d)[:, :total].transpose(0, 1)
     ref = dense_reference(q, k_all, v_all, torch.arange(ctx, total), impl.scale, window)
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_windowed_decodes_read_only_the_blocks_their_window_sees():
+    """Decodes after 4000, 1000 and 9 tokens with a window of 8: no tensor of
+    the step grows with the contexts, and each row equals dense attention."""
+    from vllm_plugin_torch_native.attention import TorchNativeMetadata
+
+    heads, hkv, d, window = 4, 2, 8, 8
+    impl = TorchNativeAttentionImpl(heads, d, 1 / math.sqrt(d), hkv, None, window, "auto")
+    lens = [4000, 1000, 9]
+    nbs = [(n + BLOCK - 1) // BLOCK for n in lens]
+    g = torch.Generator().manual_seed(5)
+    kv_cache = torch.randn(sum(nbs), hkv, BLOCK, 2 * d, generator=g)
+    block_table = torch.zeros(len(lens), max(nbs), dtype=torch.int32)
+    at = 0
+    for i, nb in enumerate(nbs):
+        block_table[i, :nb] = torch.arange(at, at + nb)
+        at += nb
+    n = len(lens)
+    qsl = torch.arange(n + 1, dtype=torch.int32)
+    cm = SimpleNamespace(num_reqs=n, num_actual_tokens=n, max_query_len=1, max_seq_len=max(lens),
+                         query_start_loc=qsl, query_start_loc_cpu=qsl,
+                         seq_lens=torch.tensor(lens, dtype=torch.int32), block_table_tensor=block_table,
+                         slot_mapping=torch.full((n,), -1), causal=True)
+    meta: TorchNativeMetadata = metadata_from_common(cm)
+    q = torch.randn(n, heads, d, generator=g)
+    out = torch.zeros_like(q)
+    with _LargestTensor() as probe:
+        impl.forward(None, q, q[:, :hkv], q[:, :hkv], kv_cache, meta, output=out)
+    assert probe.largest <= 4 * n * (window + 2 * BLOCK) * hkv * 2 * d, probe.largest
+    for i, length in enumerate(lens):
+        blocks = kv_cache[block_table[i, :nbs[i]].long()]  # [nb, H_kv, N, 2D]
+        kv = blocks.permute(1, 0, 2, 3).reshape(hkv, -1, 2 * d)[:, :length].transpose(0, 1)
+        ref = dense_reference(q[i:i + 1], kv[..., :d], kv[..., d:], torch.tensor([length - 1]), impl.scale,
+                              window)
+        torch.testing.assert_close(out[i:i + 1].double(), ref, atol=1e-5, rtol=1e-5)

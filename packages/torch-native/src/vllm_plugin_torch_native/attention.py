@@ -128,8 +128,8 @@ class TorchNativeMetadata:
     #: decode requests grouped by context length (each group's longest at most
     #: twice its shortest): ``(request indices, longest context)`` per group
     decode_groups: list[tuple[torch.Tensor, int]] | None = None
-    # built by the first decoder layer of the step (see decode_plan)
-    decode_plan: tuple[Any, ...] | None = None
+    # built by the first decoder layer of each (block size, window) (see decode_plan)
+    decode_plans: dict[Any, Any] | None = None
     #: prefill requests grouped by (query length, context length) bands:
     #: ``(request indices, longest query, longest context)`` per group
     prefill_groups: list[tuple[torch.Tensor, int, int]] | None = None
@@ -385,13 +385,10 @@ class TorchNativeAttentionImpl(AttentionImpl[TorchNativeMetadata]):
         (:func:`decode_plan`): each row padded to at most twice its own
         context. Keys and values a row may not see (past its length, outside
         its window) are zeroed, so stale or NaN cache slots cannot leak."""
-        for rows, lens, block_ids, max_len, mask in decode_plan(m, kv_cache.shape[2]):
+        for rows, block_ids, span, mask in decode_plan(m, kv_cache.shape[2], self.sliding_window):
             k, v = gather_kv(kv_cache, block_ids, self.head_size)  # [B, H_kv, nb*N, D]
-            k, v = k[:, :, :max_len], v[:, :, :max_len]
-            if self.sliding_window is not None:
-                k_pos = torch.arange(max_len, device=lens.device)
-                mask = mask & ((lens[:, None] - 1 - k_pos[None, :]) < self.sliding_window)[:, None, None, :]
-            hidden = ~mask.view(mask.shape[0], 1, max_len, 1)
+            k, v = k[:, :, :span], v[:, :, :span]
+            hidden = ~mask.view(mask.shape[0], 1, span, 1)
             k = k.masked_fill(hidden, 0)
             v = v.masked_fill(hidden, 0)
             q = query.index_select(0, rows).unsqueeze(2)  # [B, H, 1, D]
@@ -401,32 +398,50 @@ class TorchNativeAttentionImpl(AttentionImpl[TorchNativeMetadata]):
             output.index_copy_(0, rows, out.squeeze(2).to(output.dtype))
 
 
-def decode_plan(m: TorchNativeMetadata, block_size: int
-                ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor]]:
-    """``(rows, lens, block_ids, max_len, mask)`` per length group of the
-    step's decode requests.
+def decode_plan(m: TorchNativeMetadata, block_size: int, window: int | None = None
+                ) -> list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]]:
+    """``(rows, block_ids, span, mask)`` per length group of the step's decode
+    requests: query rows ``[B]``, block ids ``[B, nb]`` from each row's first
+    visible block, the keys read per row and the mask ``[B, 1, 1, span]``
+    (past the row's length or outside its window: False).
 
-    The same for every layer of a KV-cache group: built at the first layer and
-    kept on the metadata, so each layer runs only the gather, the attention
-    and the write-back.
+    Without a window the groups are the metadata's (by context length); with
+    one, rows are grouped by the keys they read (at most the window plus a
+    block), so a windowed layer's work does not grow with the context. Built
+    at the first layer of each (block size, window) and kept on the metadata,
+    so each layer runs only the gather, the attention and the write-back.
     """
-    plan = m.decode_plan
-    if plan is None or plan[0] != block_size:
-        groups = m.decode_groups
-        if groups is None:  # metadata built elsewhere: one group of every decode request
-            assert m.decode_reqs is not None
-            groups = [(m.decode_reqs, m.decode_max_len)]
-        parts = []
-        for reqs, max_len in groups:
-            rows = m.query_start_loc[:m.num_reqs].index_select(0, reqs).long()  # [B] query row of each
-            lens = m.seq_lens[:m.num_reqs].index_select(0, reqs).long()  # [B]
-            nb = (max_len + block_size - 1) // block_size
-            block_ids = m.block_table.index_select(0, reqs)[:, :nb].long()  # [B, nb]
-            mask = (torch.arange(max_len, device=lens.device)[None, :] < lens[:, None])[:, None, None, :]
-            parts.append((rows, lens, block_ids, max_len, mask))
-        plan = m.decode_plan = (block_size, parts)
-    return plan[1]
-
+    key = (block_size, window)
+    plans = m.decode_plans if m.decode_plans is not None else {}
+    m.decode_plans = plans
+    if key in plans:
+        return plans[key]
+    assert m.decode_reqs is not None
+    reqs_np = m.decode_reqs.numpy()
+    seq_h = np.asarray(m.seq_lens_list, dtype=np.int64)[reqs_np]
+    if window is None:
+        groups = m.decode_groups or [(m.decode_reqs, m.decode_max_len)]
+    else:
+        base_h = np.maximum(seq_h - window, 0) // block_size * block_size
+        groups = length_groups(reqs_np, seq_h - base_h)
+    parts = []
+    for reqs, span in groups:
+        dev = m.query_start_loc.device
+        rows = m.query_start_loc[:m.num_reqs].index_select(0, reqs.to(dev)).long()  # [B] query row of each
+        lens = m.seq_lens[:m.num_reqs].index_select(0, reqs.to(dev)).long()  # [B]
+        base = (torch.zeros_like(lens) if window is None
+                else (lens - window).clamp(min=0) // block_size * block_size)
+        nb = (span + block_size - 1) // block_size
+        table = m.block_table.index_select(0, reqs.to(m.block_table.device)).long()
+        col = (base // block_size)[:, None] + torch.arange(nb, device=dev)[None, :]
+        block_ids = table.gather(1, col.clamp(max=table.shape[1] - 1))  # [B, nb]
+        k_pos = base[:, None] + torch.arange(span, device=dev)[None, :]  # [B, span] absolute
+        visible = k_pos < lens[:, None]
+        if window is not None:
+            visible &= (lens[:, None] - 1 - k_pos) < window
+        parts.append((rows, block_ids, span, visible[:, None, None, :]))
+    plans[key] = parts
+    return parts
 
 
 def prefill_plan(m: TorchNativeMetadata, block_size: int, window: int | None
