@@ -327,3 +327,20 @@ def test_a_step_with_many_breaker_tails_runs_the_ops_of_one():
         (tuple(rng.randrange(vocab) for _ in range(MAX_TAIL)), frozenset(rng.randrange(vocab) for _ in range(50)))
         for _ in range(32 * 39))))
     assert step_ops(worst) == step_ops(one)
+
+
+def test_a_table_listing_a_tail_twice_is_merged_and_the_tail_table_builds():
+    """A table sent in extra_args without the front end (VLLM_PLUGINS leaving
+    `samplers` out) may list one tail twice: its heads are merged, and the
+    engine's packed tail table builds (it used to redraw hashes forever, a
+    stalled engine)."""
+    import torch
+
+    from vllm_plugin_samplers.breakers import from_wire
+    from vllm_plugin_samplers.penalties import TailTable
+
+    wire = {"breakers": ["xy"], "single": [], "tails": [[[3], [1]], [[3], [2]], [[4, 3], [1]]]}
+    got = from_wire(wire, ("xy",), 10, 8)
+    assert got.tails == (((3,), frozenset({1, 2})), ((4, 3), frozenset({1})))
+    table = TailTable.build([(0, (((3,), frozenset({1})), ((3,), frozenset({2}))))], 10, torch.device("cpu"))
+    assert table is not None and table.keys.numel() == 2  # one tail (and the sentinel)

@@ -158,7 +158,7 @@ def from_wire(obj: Any, breakers: Sequence[str], vocab: int, max_tails: int) -> 
                 and isinstance(t[1], list | tuple))
     if total > 8 * vocab:  # what the front end resolves is far smaller
         raise ValueError(f"the tails' heads must hold at most {8 * vocab} token ids in all, got {total}")
-    seqs = []
+    seqs: dict[tuple[int, ...], frozenset[int]] = {}
     for item in tails:
         if not isinstance(item, list | tuple) or len(item) != 2:
             raise ValueError("each tail must be a [tail ids, head ids] pair")
@@ -166,8 +166,9 @@ def from_wire(obj: Any, breakers: Sequence[str], vocab: int, max_tails: int) -> 
         _ids(tail, vocab, "a tail")
         if not 1 <= len(tail) <= MAX_TAIL:
             raise ValueError(f"a tail must have 1 to {MAX_TAIL} token ids")
-        seqs.append((tuple(int(t) for t in tail), _ids(item[1], vocab, "heads")))
-    return BreakerSet(single, tuple(sorted(seqs)))
+        key = tuple(int(t) for t in tail)
+        seqs[key] = seqs.get(key, frozenset()) | _ids(item[1], vocab, "heads")  # a repeated tail: heads merged
+    return BreakerSet(single, tuple(sorted(seqs.items())))
 
 
 class Resolver:

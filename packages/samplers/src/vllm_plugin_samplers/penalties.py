@@ -447,12 +447,16 @@ class TailTable:
         """From ``(set index, BreakerSet.tails)`` pairs; None when no set has a tail."""
         from .suffix import P1, P2
 
-        tails = [(idx, tail, heads) for idx, set_tails in sets for tail, heads in set_tails]
+        merged: dict[tuple[int, tuple[int, ...]], frozenset[int]] = {}
+        for idx, set_tails in sets:
+            for tail, heads in set_tails:  # a tail listed twice in a set: one entry, heads merged
+                merged[(idx, tuple(tail))] = merged.get((idx, tuple(tail)), frozenset()) | frozenset(heads)
+        tails = [(idx, tail, heads) for (idx, tail), heads in merged.items()]
         if not tails:
             return None
         longest = max(len(t) for _, t, _ in tails)
         rng = np.random.default_rng()
-        while True:
+        for _attempt in range(16):  # distinct tails collide with probability ~n^2 / 2^31 per draw
             b1, b2 = (int(rng.integers(2**20, p - 1)) for p in (P1, P2))
             h1, h2 = [], []
             for _, tail, _ in tails:
@@ -467,6 +471,8 @@ class TailTable:
                               dtype=np.int64)
             if len(np.unique(keys)) == len(keys):
                 break
+        else:
+            raise RuntimeError(f"breaker tail table: {len(tails)} tails still collide after 16 hash draws")
         order = np.argsort(keys, kind="stable")
         head_keys = [np.asarray(sorted(h for h in heads if h < vocab), dtype=np.int64) + tid * (vocab + 1)
                      for tid, (_, _, heads) in enumerate(tails)]
