@@ -350,14 +350,16 @@ def _elements(fn) -> int:
     return total[0]
 
 
-def v2_step(cls, extras, prefill: int, upper: list[int]):
+def v2_step(cls, extras, prefill: int | list[int], upper: list[int]):
     """A V2 processor with requests ``extras`` (None: no sampler) in slots 0..n-1,
-    each with a ``prefill``-token context of period 2, and one step where
-    request s's length bound is ``upper[s]``; returns (processor, the step)."""
+    each with a ``prefill``-token context of period 2 (one length for all, or
+    one per request), and one step where request s's length bound is
+    ``upper[s]``; returns (processor, the step)."""
     v2 = compat.v2_logits_interface()
     n = len(extras)
-    tokens = torch.tensor([[s % VOCAB, 3] * (prefill // 2 + 4) for s in range(n)])
-    proc = cls(Cfg, v2_state(v2, tokens, [prefill] * n, [prefill] * n))
+    prefill = [prefill] * n if isinstance(prefill, int) else list(prefill)
+    tokens = torch.tensor([[s % VOCAB, 3] * (max(prefill) // 2 + 4) for s in range(n)])
+    proc = cls(Cfg, v2_state(v2, tokens, prefill, prefill))
     for s, e in enumerate(extras):
         proc.add_request(s, sp(**(e or {})))
     proc.apply_staged_writes()
@@ -440,6 +442,89 @@ def test_v2_windowed_rows_stay_bounded_beside_a_whole_context_row(digits_tokeniz
     alone = step_cost([whole]) + step_cost([windowed] * 15)
     mixed = step_cost([whole] + [windowed] * 15)
     assert mixed <= 1.25 * alone, (mixed, alone)
+
+
+SUFFIX_CLASSES = [NoRepeatNgramLogitsProcessor, DryLogitsProcessor]
+
+
+@needs_v1
+@pytest.mark.parametrize("cls", SUFFIX_CLASSES)
+def test_v1_short_whole_context_rows_stay_bounded_beside_a_long_one(cls, digits_tokenizer):
+    """Counted ops: 15 whole-context rows of 100 tokens next to one of 4000
+    cost about what the two groups cost alone (rows run in power-of-two bands
+    of their own lengths), not 16 x 4000 columns (the old one whole-context
+    pass: about 8x here)."""
+    BatchUpdate, _ = compat.batch_update_types()
+
+    def step_cost(lengths):
+        n = len(lengths)
+        outs = [[] for _ in range(n)]
+        proc = cls(Cfg, torch.device("cpu"), False)
+        proc.update_state(BatchUpdate(batch_size=n, removed=[], moved=[], added=[
+            (i, sp(**ARGS[cls]), [i % VOCAB, 3] * (k // 2), outs[i]) for i, k in enumerate(lengths)]))
+        logits = torch.zeros(n, VOCAB)
+
+        def step():
+            for o in outs:
+                o.append(5)
+            proc.update_state(None)
+            proc.apply(logits)
+        step()
+        return _elements(step)
+
+    alone = step_cost([4000]) + step_cost([100] * 15)
+    mixed = step_cost([4000] + [100] * 15)
+    assert mixed <= 1.25 * alone, (mixed, alone)
+
+
+@pytest.mark.parametrize("cls", SUFFIX_CLASSES)
+def test_v2_short_whole_context_rows_stay_bounded_beside_a_long_one(cls, digits_tokenizer):
+    """Counted ops, V2 interface: as on V1 (the bands are found on the device
+    by the stable sort)."""
+
+    def step_cost(lengths):
+        _, step = v2_step(cls, [ARGS[cls]] * len(lengths), lengths, [k + 1 for k in lengths])
+        step()
+        return _elements(step)
+
+    alone = step_cost([4000]) + step_cost([100] * 15)
+    mixed = step_cost([4000] + [100] * 15)
+    assert mixed <= 1.25 * alone, (mixed, alone)
+
+
+def test_v2_rows_of_every_band_match_the_reference(digits_tokenizer):
+    """Whole-context rows of 5 to 300 tokens (bands 32 to 512) and windowed
+    rows in one batch, in an order unlike the slots, step after step: each
+    row gets the reference penalties, also as its band changes (the 126-token
+    row moves from the 128-column band to the 256-column one)."""
+    import random
+
+    v2 = compat.v2_logits_interface()
+    rng = random.Random(4)
+    extras = [MIXED[0], MIXED[1], MIXED[0], MIXED[3], MIXED[0], MIXED[0]]
+    n = len(extras)
+    contexts = [[rng.randrange(4) for _ in range(k)] for k in (5, 80, 40, 200, 126, 300)]
+    tokens = torch.zeros(n, 320, dtype=torch.long)
+    for s, c in enumerate(contexts):
+        tokens[s, :len(c)] = torch.tensor(c)
+    lens = [len(c) for c in contexts]
+    req_states = v2_state(v2, tokens, lens, lens)
+    proc = DryLogitsProcessor(Cfg, req_states)
+    for s, e in enumerate(extras):
+        proc.add_request(s, sp(**e))
+    proc.apply_staged_writes()
+    order = [3, 5, 0, 2, 4, 1]
+    for _ in range(5):
+        ctx = v2_ctx(v2, order, [0] * n, [contexts[s][-1] for s in order], [len(contexts[s]) - 1 for s in order],
+                     [len(contexts[s]) for s in order])
+        assert len(proc.batch.column_groups(ctx.idx_mapping_np, proc.len_ub)) >= 4
+        got = proc.apply(torch.zeros(n, VOCAB), ctx)
+        want = _dry_rows([extras[s] for s in order], [contexts[s] for s in order])
+        assert torch.allclose(got, want), (got, want)
+        for s in range(n):
+            contexts[s].append(rng.randrange(4))
+            tokens[s, len(contexts[s]) - 1] = contexts[s][-1]
+        req_states.all_token_ids.gpu[:] = tokens
 
 
 @needs_v1

@@ -41,9 +41,10 @@ class _Batch:
         self.cap = torch.zeros(slots + 1, dtype=torch.int32, device=device)
         self.window = np.zeros(slots + 1, dtype=np.int64)  # host: tokens a row needs (0 = all)
         self.last_n = torch.zeros(slots + 1, dtype=torch.int32, device=device)  # device mirror of window
-        # Whether a row runs in the windowed pass (host, and its device mirror for the V2 split).
-        self.narrow_np = np.zeros(slots + 1, dtype=bool)
-        self.narrow = torch.zeros(slots + 1, dtype=torch.int8, device=device)
+        # The pass a row runs in (:meth:`column_groups`; 0: none yet), on the
+        # host and its device mirror for the V2 split.
+        self.band_np = np.zeros(slots + 1, dtype=np.int8)
+        self.band = torch.zeros(slots + 1, dtype=torch.int8, device=device)
 
     def need(self, slot: int, length: int) -> int:
         w = int(self.window[slot])
@@ -56,38 +57,51 @@ class _Batch:
         w, n = self.window[slots], length[slots]
         return int(max((np.where(w > 0, np.minimum(n, w), n) + 1).max(), TAIL_COLS))
 
+    @staticmethod
+    def columns(window: np.ndarray, length: np.ndarray) -> np.ndarray:
+        """Bank columns rows with these windows (0: whole context) and host
+        length bounds read and update: ``min(length, window) + 1``, at least
+        :data:`TAIL_COLS`. A windowed row keeps only those (its window is fixed
+        at admission; older columns are never read for it again)."""
+        return np.maximum(np.where(window > 0, np.minimum(length, window), length) + 1, TAIL_COLS)
+
+    @staticmethod
+    def bands(cols: np.ndarray) -> np.ndarray:
+        """The pass of rows needing ``cols`` columns: ``ceil(log2(cols))``
+        (int8; ``cols`` in ``(2 ** (b - 1), 2 ** b]`` runs in pass ``b``)."""
+        return np.frexp(np.asarray(cols, dtype=np.float64) - 1)[1].astype(np.int8)  # bit_length(cols - 1)
+
     def column_groups(self, slots: np.ndarray, length: np.ndarray) -> list[tuple[np.ndarray | None, slice]]:
         """Split the rows of a step (``slots``, host; ``length[slot]``, host upper
         bounds of their lengths) by the bank columns they need.
 
-        Whole-context rows read and update the last ``max(length) + 1`` columns
-        of this step's rows (never the width a longer request elsewhere in the
-        bank asked for). A row with a window (``dry_penalty_last_n``,
-        ``no_repeat_ngram_window``) shorter than its context reads and updates
-        only the last ``max(window + 1, TAIL_COLS)`` columns; the others are
-        never read for it again (its window is fixed at admission). A window at
-        least as long as the context counts as the whole context. Returns
-        ``(positions, columns)`` pairs: ``positions`` into ``slots`` (None: all
-        rows), whole-context rows first; :attr:`narrow` (device) mirrors the split.
+        A row needs :meth:`columns` columns (its whole context + 1, or its
+        window + 1); rows are grouped in power-of-two bands of that
+        (:meth:`bands`), and each group reads and updates the last
+        ``max(need)`` columns of its own rows: every row runs at less than
+        twice its own width, whatever else is in the batch (a 512-token row
+        beside a 32k-token one never runs at 32k), in at most ``log2`` of the
+        longest row's width passes. Returns ``(positions, columns)`` pairs,
+        bands ascending: ``positions`` into ``slots`` (None: all rows);
+        :attr:`band` (device) mirrors the split.
         """
-        w, n = self.window[slots], length[slots]
-        bounded = (w > 0) & (w < n)
-        changed = slots[bounded != self.narrow_np[slots]]
-        for s in changed.tolist():  # rows whose group changed: at admission, and once when they outgrow their window
-            self.narrow_np[s] = not self.narrow_np[s]
-            self.narrow[s:s + 1].fill_(int(self.narrow_np[s]))  # a scalar kernel argument, no copy
+        cols = self.columns(self.window[slots], length[slots])
+        band = self.bands(cols)
+        changed = slots[band != self.band_np[slots]]
+        # Rows whose band changed: once a whole-context row's length doubles
+        # (an admission sets its band with the rest of its settings).
+        for s, b in zip(changed.tolist(), band[band != self.band_np[slots]].tolist(), strict=True):
+            self.band_np[s] = b
+            self.band[s:s + 1].fill_(b)  # a scalar kernel argument, no copy
         c = self.bank.width
-
-        def last(k: int) -> slice:
-            return slice(c - min(c, max(k, TAIL_COLS)), None)
-
-        whole = last(int(n[~bounded].max()) + 1) if not bounded.all() else None
-        narrow = last(int(w[bounded].max()) + 1) if bounded.any() else None
-        if narrow is None:
-            return [(None, whole)]
-        if whole is None:
-            return [(None, narrow)]
-        return [(np.flatnonzero(~bounded), whole), (np.flatnonzero(bounded), narrow)]
+        present = np.unique(band)
+        if len(present) == 1:
+            return [(None, slice(c - min(c, int(cols.max())), None))]
+        groups = []
+        for b in present.tolist():
+            pick = np.flatnonzero(band == b)
+            groups.append((pick, slice(c - min(c, int(cols[pick].max())), None)))
+        return groups
 
     def reset_mask(self, tok: torch.Tensor, rows_slot: torch.Tensor) -> torch.Tensor | None:
         return None
@@ -229,11 +243,14 @@ class _Batch:
         # A windowed row reads only its last max(window + 1, TAIL_COLS) columns again.
         keep = np.minimum(np.minimum(lengths, c), np.where(w > 0, np.maximum(w + 1, TAIL_COLS), c))
         at = np.concatenate([[0], np.cumsum(keep)[:-1]]).astype(np.int64)
+        band = self.bands(self.columns(w, lengths))  # the pass the row runs in (column_groups)
+        self.band_np[slots] = band
         meta = np.stack([slots, np.asarray(rows, dtype=np.int64), np.asarray(starts, dtype=np.int64) + lengths - keep,
-                         keep, at, lengths, c - keep], 1).astype(np.float64)
+                         keep, at, lengths, c - keep, band], 1).astype(np.float64)
         dev = _upload(np.concatenate([meta, values], 1), self.device)
-        slot, row, src, kept, at_d, n_d, col0 = dev[:, :7].T.long().contiguous()
-        for name, col in zip(self.settings, dev[:, 7:].unbind(1), strict=True):
+        slot, row, src, kept, at_d, n_d, col0, band_d = dev[:, :8].T.long().contiguous()
+        self.band.index_copy_(0, slot, band_d.to(torch.int8))
+        for name, col in zip(self.settings, dev[:, 8:].unbind(1), strict=True):
             t = functools.reduce(getattr, name.split("."), self)
             t.index_copy_(0, slot, col.to(t.dtype))
         k = int(keep.sum())

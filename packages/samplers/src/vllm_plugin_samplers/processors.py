@@ -358,7 +358,7 @@ class _SuffixProcessor(_SamplerProcessor):
     def _move(self, a: int, b: int, swap: bool) -> None:
         bank = self.batch.bank
         bank.move(a, b, swap)
-        for t in [*self._slot_tensors(), self.batch.window, self.batch.narrow, self.batch.narrow_np]:
+        for t in [*self._slot_tensors(), self.batch.window, self.batch.band, self.batch.band_np]:
             if swap:
                 t[[a, b]] = t[[b, a]]
             else:
@@ -448,7 +448,7 @@ class _SuffixProcessor(_SamplerProcessor):
         seen = np.zeros(self.slots + 1, dtype=np.int64)
         seen[rows] = [self.rows[r][2] for r in rows]
         groups = b.column_groups(np.asarray(rows), seen)
-        for pick, cols in groups:  # at most 2: whole-context rows, then windowed rows
+        for pick, cols in groups:  # one per power-of-two band of the columns rows need
             if pick is None:
                 self._append_penalize_v1(logits, rows, new, cols)
             else:
@@ -492,11 +492,11 @@ class _SuffixProcessor(_SamplerProcessor):
             # Some requests have fewer drafts: which rows are whose is known on the device only.
             self._v2_pass(logits, ctx, None, slice(None))
         else:
-            # Active whole-context rows first, then active windowed rows, then
+            # Active rows by band (the columns they need), bands ascending, then
             # rows of requests without the sampler (never touched). The host
             # knows each group's size, so the split needs no sync and no copy.
             slot = ctx.expanded_idx_mapping.long()
-            key = 2 - self.active[slot].to(torch.int8) * (2 - b.narrow[slot])
+            key = torch.where(self.active[slot], b.band[slot], 127)
             order = torch.argsort(key, stable=True)
             start = 0
             for pick, cols in groups:
