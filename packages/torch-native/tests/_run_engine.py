@@ -138,6 +138,14 @@ def main() -> int:
         # batch sizes 1, 2, 6; the last pass repeats prompts (prefix-cache hits)
         runs = greedy(llm, (("b1", ps[:1]), ("b2", ps[1:3]), ("b6", ps), ("b6_again", ps)))
         result["sampling"] = sampling_paths(llm, ps)
+        if native:
+            # vLLM's in-place reload from the checkpoint (the path RL weight syncs
+            # take) writes into the platform's packed weights (linear.py)
+            try:
+                llm.collective_rpc("reload_weights")
+                result["after_reload"] = greedy(llm, (("b2", ps[1:3]),))["b2"]
+            except Exception as exc:
+                result["reload_error"] = f"{type(exc).__name__}: {exc}"
         if nanochat:  # vllm-plugin-models' NanoChat (GQA), same prompts (ids < its vocab of 512)
             del llm
             gc.collect()

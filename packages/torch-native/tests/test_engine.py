@@ -116,6 +116,15 @@ def test_no_op_of_vllm_compiled_extensions_is_dispatched(runs):
     assert guard["libraries"] == [], guard["libraries"]  # any .so under vllm/ (cumem_allocator, fa2 ...)
 
 
+def test_weights_reload_in_place_on_the_platform(runs):
+    """vLLM's reload_weights (from the checkpoint) writes into the packed
+    weights: the same greedy tokens after it as before."""
+    native, _ = runs
+    assert "reload_error" not in native, native.get("reload_error")
+    after = native["after_reload"]
+    assert [o["tokens"] for o in after] == [o["tokens"] for o in native["runs"]["b2"]]
+
+
 def test_platform_in_main_process_and_engine(runs):
     native, reference = runs
     assert native["main_platform"] == PLATFORM_PATH

@@ -29,6 +29,8 @@ other than float32 / bfloat16 nothing is swapped and vLLM's ``F.linear`` stays.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -41,6 +43,7 @@ from vllm.model_executor.layers.vocab_parallel_embedding import (
 logger = logging.getLogger("vllm.plugins.torch_native")
 
 #: Attribute holding a layer's weight laid out for :func:`packed_linear` (``[in, out]``).
+WEIGHT_ATTRS = "_torch_native_weight_attrs"
 PACKED_ATTR = "torch_native_packed_weight"
 #: Calls of the packed GEMM in this process (tests check dispatch).
 CALLS: dict[str, int] = {"linear": 0}
@@ -89,7 +92,41 @@ def _swap(layer: Any, method_cls: type, *, release_weight: bool) -> None:
     new.__dict__.update(old.__dict__)
     layer.quant_method = new
     if release_weight:
+        # what vLLM's loaders read from the parameter (weight_loader, input_dim, ...), for reloads
+        setattr(layer, WEIGHT_ATTRS, (type(weight), dict(weight.__dict__)))
         layer.weight = torch.nn.Parameter(weight.data.new_empty(0), requires_grad=False)
+
+
+@contextmanager
+def weights_in_place(model: torch.nn.Module) -> Iterator[int]:
+    """While vLLM (re)loads weights (``reload_weights``, an RL weight sync):
+    each released ``[out, in]`` weight is back as a view of its packed
+    ``[in, out]`` tensor, with its loader attributes, so loaders write straight
+    into what the GEMM reads; weights that were kept are re-packed after.
+    Yields the number of layers made loadable."""
+    restored, kept = [], []
+    for module in model.modules():
+        packed = getattr(module, PACKED_ATTR, None)
+        weight = getattr(module, "weight", None)
+        if packed is None or not isinstance(weight, torch.Tensor):
+            continue
+        if weight.numel():
+            kept.append(module)
+            continue
+        cls, attrs = getattr(module, WEIGHT_ATTRS, (torch.nn.Parameter, {}))
+        # the parameter's own class (vLLM's ModelWeightParameter & co. carry the
+        # loading methods), sharing the packed storage, without its __init__
+        view = torch.Tensor._make_subclass(cls, packed.t(), False)
+        view.__dict__.update(attrs)
+        module.weight = view
+        restored.append((module, weight))
+    try:
+        yield len(restored)
+    finally:
+        for module, empty in restored:
+            module.weight = empty
+        for module in kept:
+            getattr(module, PACKED_ATTR).copy_(module.weight.detach().t())
 
 
 def lm_head_weight_unshared(model: torch.nn.Module, head: torch.nn.Module) -> bool:

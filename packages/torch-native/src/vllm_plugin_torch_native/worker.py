@@ -20,7 +20,7 @@ from vllm.v1.worker.gpu_worker import Worker
 
 from vllm_plugin_core.compat import cpu_memory_fraction, standalone_cpu_runner_available
 from vllm_plugin_torch_native import runner, sampling, slots
-from vllm_plugin_torch_native.linear import pack_linear_layers
+from vllm_plugin_torch_native.linear import pack_linear_layers, weights_in_place
 
 
 def requested_memory(gpu_memory_utilization: float) -> int:
@@ -96,6 +96,12 @@ class TorchNativeWorker(CPUWorker):
         refuse_unequal_value_head_size(model)
         # The platform's own GEMM (linear.py): weights laid out once ([in, out]), after loading.
         pack_linear_layers(self.model_runner.get_model())
+
+    def reload_weights(self, *args: Any, **kwargs: Any) -> Any:
+        # vLLM's loaders write into layer.weight: the packed weights are
+        # handed to them as [out, in] views for the duration (linear.py).
+        with weights_in_place(self.model_runner.get_model()):
+            return super().reload_weights(*args, **kwargs)
 
     def _maybe_get_memory_pool_context(self, tag: str) -> AbstractContextManager:
         # GPU workers wrap allocations in the sleep-mode allocator except on
