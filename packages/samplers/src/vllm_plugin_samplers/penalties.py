@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import secrets
 
 import numpy as np
 import torch
@@ -438,6 +439,91 @@ class NgramBatch(_Batch):
         self.scatter_min(logits, rows, index, invalid, None)
 
 
+def draw_tail_bases() -> tuple[int, int]:
+    """Random bases of the tail hashes (one pair per table owner, redrawn only on a collision)."""
+    from .suffix import P1, P2
+
+    return secrets.randbelow(P1 - 1 - 2**20) + 2**20, secrets.randbelow(P2 - 1 - 2**20) + 2**20
+
+
+def _tail_powers(bases: tuple[int, int], n: int) -> np.ndarray:
+    """int64 ``[2, n]``: ``base ** j`` mod each prime."""
+    from .suffix import P1, P2
+
+    out = np.ones((2, max(n, 1)), dtype=np.int64)
+    for r, (b, p) in enumerate(zip(bases, (P1, P2), strict=True)):
+        for j in range(1, n):  # n <= MAX_TAIL
+            out[r, j] = out[r, j - 1] * b % p
+    return out[:, :n]
+
+
+class HashedTails:
+    """One breaker set's tails, merged (a tail listed twice: one entry, heads
+    merged) and hashed once under its owner's bases: per tail its length and
+    the two polynomial hashes of the reversed tail; per head id (below the
+    vocabulary) its tail's index. A table rebuild concatenates these."""
+
+    __slots__ = ("count", "h1", "h2", "head", "head_tail", "length", "longest")
+
+    def __init__(self, length: np.ndarray, h1: np.ndarray, h2: np.ndarray, head_tail: np.ndarray,
+                 head: np.ndarray) -> None:
+        self.count = len(length)
+        self.length, self.h1, self.h2, self.head_tail, self.head = length, h1, h2, head_tail, head
+        self.longest = int(length.max()) if len(length) else 0
+
+    @classmethod
+    def of(cls, tails: tuple, bases: tuple[int, int], vocab: int) -> HashedTails | None:
+        """``BreakerSet.tails`` hashed with ``bases``; None when two distinct
+        tails of the set share a length and hash1 (draw other bases)."""
+        from .suffix import P1, P2
+
+        lens, toks, head_tail, heads = [], [], [], []
+        for k, (tail, hs) in enumerate(tails):  # the one pass in Python over the set's tails
+            lens.append(len(tail))
+            toks.extend(tail)
+            heads.extend(hs)
+            head_tail.extend([k] * len(hs))
+        length = np.asarray(lens, dtype=np.int64)
+        if not len(length):
+            e = np.zeros(0, dtype=np.int64)
+            return cls(e, e, e, e, e)
+        m = int(length.max())
+        # rev[k, j] = the token j before the last of tail k, + 1 (0: none, as a query's padding).
+        ends = np.cumsum(length) - 1
+        j = np.arange(m)
+        rev = np.where(j[None] < length[:, None], np.asarray(toks, dtype=np.int64)[np.maximum(ends[:, None] - j, 0)] + 1,
+                       0)
+        uniq, inv = np.unique(np.concatenate([length[:, None], rev], 1), axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        length, rev = uniq[:, 0], uniq[:, 1:]
+        pw = _tail_powers(bases, m)
+        h1 = (rev * pw[0] % P1).sum(1) % P1
+        h2 = (rev * pw[1] % P2).sum(1) % P2
+        if len(np.unique((length << 31) | h1)) < len(length):
+            return None
+        head = np.asarray(heads, dtype=np.int64)
+        pair = np.unique(inv[np.asarray(head_tail, dtype=np.int64)] * (vocab + 1) + head)  # merged, sorted
+        pair = pair[pair % (vocab + 1) < vocab]
+        return cls(length, h1, h2, pair // (vocab + 1), pair % (vocab + 1))
+
+
+class _SetKey:
+    """A held breaker set as a dict key: its hash computed once (hashing a
+    set walks all its tails), and its tails hashed once (:class:`HashedTails`)."""
+
+    __slots__ = ("bs", "h", "hashed")
+
+    def __init__(self, bs: BreakerSet) -> None:
+        self.bs, self.h = bs, hash(bs)
+        self.hashed: HashedTails | None = None
+
+    def __hash__(self) -> int:
+        return self.h
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _SetKey) and self.h == other.h and self.bs == other.bs
+
+
 class TailTable:
     """Multi-token breakers of many sets as one packed, bounded table.
 
@@ -445,8 +531,10 @@ class TailTable:
     position whose last ``k`` tokens are the tail and whose token before them
     is in ``H``. Tails are keyed by ``(s, k, hash1)`` in one sorted int64
     array (hash1, hash2: polynomial hashes of the reversed tail under two
-    primes with random bases, redrawn until no two tails share a key), heads
-    by ``tail id * (vocab + 1) + head`` in another. A query for a position
+    primes with random bases, redrawn until no two tails of a set share a
+    key), heads by ``tail id * (vocab + 1) + head`` in another. Each set's
+    tails are hashed once (:class:`HashedTails`); a table is a concatenation
+    and a sort of those. A query for a position
     hashes its last 1 .. ``longest`` tokens (one cumulative sum), looks every
     length up with one ``searchsorted``, checks hash2 and looks the head up
     with a second ``searchsorted``: a fixed number of tensor operations for
@@ -461,50 +549,37 @@ class TailTable:
 
     @classmethod
     def build(cls, sets: list[tuple[int, tuple]], vocab: int, device: torch.device) -> TailTable | None:
-        """From ``(set index, BreakerSet.tails)`` pairs; None when no set has a tail."""
-        from .suffix import P1, P2
-
-        merged: dict[tuple[int, tuple[int, ...]], frozenset[int]] = {}
-        for idx, set_tails in sets:
-            for tail, heads in set_tails:  # a tail listed twice in a set: one entry, heads merged
-                merged[(idx, tuple(tail))] = merged.get((idx, tuple(tail)), frozenset()) | frozenset(heads)
-        tails = [(idx, tail, heads) for (idx, tail), heads in merged.items()]
-        if not tails:
-            return None
-        longest = max(len(t) for _, t, _ in tails)
-        rng = np.random.default_rng()
+        """From ``(set index, BreakerSet.tails)`` pairs (hashed here, with bases
+        drawn here); None when no set has a tail."""
         for _attempt in range(16):  # distinct tails collide with probability ~n^2 / 2^31 per draw
-            b1, b2 = (int(rng.integers(2**20, p - 1)) for p in (P1, P2))
-            h1, h2 = [], []
-            for _, tail, _ in tails:
-                x1 = x2 = 0
-                w1 = w2 = 1
-                for t in reversed(tail):  # the last token gets power 0
-                    x1, x2 = (x1 + (t + 1) * w1) % P1, (x2 + (t + 1) * w2) % P2
-                    w1, w2 = w1 * b1 % P1, w2 * b2 % P2
-                h1.append(x1)
-                h2.append(x2)
-            keys = np.asarray([((idx * 32 + len(tail)) << 31) | x for (idx, tail, _), x in zip(tails, h1, strict=True)],
-                              dtype=np.int64)
-            if len(np.unique(keys)) == len(keys):
-                break
-        else:
-            raise RuntimeError(f"breaker tail table: {len(tails)} tails still collide after 16 hash draws")
+            bases = draw_tail_bases()
+            hashed = [(idx, HashedTails.of(tails, bases, vocab)) for idx, tails in sets]
+            if all(h is not None for _, h in hashed):
+                return cls.pack(hashed, bases, vocab, device)
+        raise RuntimeError(f"breaker tail table: tails still collide after 16 hash draws ({len(sets)} sets)")
+
+    @classmethod
+    def pack(cls, sets: list[tuple[int, HashedTails]], bases: tuple[int, int], vocab: int,
+             device: torch.device) -> TailTable | None:
+        """From ``(set index < 2**27, its tails hashed with bases)`` pairs: a
+        concatenation and two sorts, no Python loop over tails."""
+        sets = [(idx, h) for idx, h in sets if h.count]
+        if not sets:
+            return None
+        longest = max(h.longest for _, h in sets)
+        offset = np.cumsum([0] + [h.count for _, h in sets])[:-1]
+        keys = np.concatenate([((idx * 32 + h.length) << 31) | h.h1 for idx, h in sets])
+        hash2 = np.concatenate([h.h2 for _, h in sets])
+        heads = np.sort(np.concatenate([(h.head_tail + o) * (vocab + 1) + h.head
+                                        for (_, h), o in zip(sets, offset, strict=True)]))
         order = np.argsort(keys, kind="stable")
-        head_keys = [np.asarray(sorted(h for h in heads if h < vocab), dtype=np.int64) + tid * (vocab + 1)
-                     for tid, (_, _, heads) in enumerate(tails)]
-        heads_sorted = np.sort(np.concatenate(head_keys)) if head_keys else np.zeros(0, dtype=np.int64)
         big = np.iinfo(np.int64).max  # a sentinel: lookups never run past the end
-        powers = np.ones((2, longest), dtype=np.int64)
-        for r, (b, p) in enumerate(((b1, P1), (b2, P2))):
-            for j in range(1, longest):
-                powers[r, j] = powers[r, j - 1] * b % p
 
         def dev(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+            return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
 
-        return cls(dev(np.append(keys[order], big)), dev(np.append(order, 0)), dev(np.asarray(h2, dtype=np.int64)),
-                   dev(np.append(heads_sorted, big)), dev(powers), longest, vocab)
+        return cls(dev(np.append(keys[order], big)), dev(np.append(order, 0)), dev(hash2),
+                   dev(np.append(heads, big)), dev(_tail_powers(bases, longest)), longest, vocab)
 
     def ends(self, window: torch.Tensor, set_idx: torch.Tensor) -> torch.Tensor:
         """[N] bool: a tail of set ``set_idx[n]`` (with its head) ends at the last
@@ -545,25 +620,30 @@ class DryBatch(_Batch):
         self.last_n = torch.zeros(slots + 1, dtype=torch.int32, **f)
         self.set_idx = torch.zeros(slots + 1, dtype=torch.long, **f)
         self.set_np = np.zeros(slots + 1, dtype=np.int64)  # host mirror of set_idx
-        self._sets: dict[BreakerSet, int] = {}
+        # Held sets (keys with their hash and their tails' hashes cached) -> table row.
+        self._sets: dict[_SetKey, int] = {}
         self.single = torch.zeros((1, vocab), dtype=torch.bool, **f)
-        # Multi-token breakers of every held set, as one packed table (:class:`TailTable`).
+        # Multi-token breakers of every held set, as one packed table (:class:`TailTable`),
+        # packed from each held set's tails hashed once, when the set came (under
+        # bases fixed here, redrawn only on a collision).
         self.tails: TailTable | None = None
         self._tails_stale = False
+        self._tail_bases = draw_tail_bases()
 
     def set_breakers(self, slot: int, bs: BreakerSet, device: bool = True) -> None:
         """Point ``slot`` at the device tables of breaker set ``bs`` (added once);
         ``device=False`` leaves :attr:`set_idx` to the caller (an admission)."""
-        idx = self._sets.get(bs)
+        key = _SetKey(bs)
+        idx = self._sets.get(key)
         if idx is None:
             # Sets no live request uses are dropped once they are as many as
             # the used ones (at least 8): every step walks the held sets' tails,
             # and a rebuild costs all held tables, so it is amortised.
             used = set(self.set_np.tolist()) - {0}
             if len(self._sets) - len(used) >= max(8, len(used)):
-                self._rebuild({b for b, i in self._sets.items() if i in used})
-            idx = self._sets[bs] = len(self._sets) + 1
-            self._add_tables(bs, idx)
+                self._rebuild([k for k, i in self._sets.items() if i in used])
+            idx = self._sets[key] = len(self._sets) + 1
+            self._add_tables(key, idx)
         if device:
             self.set_idx[slot] = idx
         self.set_np[slot] = idx
@@ -574,32 +654,55 @@ class DryBatch(_Batch):
             self.set_np[slot] = 0
             self.set_idx[slot:slot + 1].fill_(0)
 
-    def _add_tables(self, bs: BreakerSet, idx: int) -> None:
+    def _add_tables(self, key: _SetKey, idx: int) -> None:
         row = torch.zeros((1, self.vocab), dtype=torch.bool, device=self.device)
-        ids = [i for i in bs.single if i < self.vocab]
+        ids = [i for i in key.bs.single if i < self.vocab]
         if ids:
             row[0, ids] = True
         self.single = torch.cat([self.single, row])
-        self._tails_stale = self._tails_stale or bool(bs.tails)
+        if key.bs.tails:
+            if key.hashed is None:
+                self._hash_tails(key)
+            self._tails_stale = True
 
-    def _rebuild(self, keep: set[BreakerSet]) -> None:
+    def _hash_tails(self, key: _SetKey) -> None:
+        """Hash a new set's tails, once; on a collision draw other bases and
+        hash every held set again, once (at most 16 draws, then an error that
+        leaves the held sets as they were)."""
+        key.hashed = HashedTails.of(key.bs.tails, self._tail_bases, self.vocab)
+        if key.hashed is not None:
+            return
+        keys = [k for k in self._sets if k.bs.tails]
+        for _attempt in range(16):  # distinct tails of a set collide with probability ~n^2 / 2^31 per draw
+            bases = draw_tail_bases()
+            again = [HashedTails.of(k.bs.tails, bases, self.vocab) for k in keys]
+            if all(h is not None for h in again):
+                for k, h in zip(keys, again, strict=True):
+                    k.hashed = h
+                self._tail_bases = bases
+                return
+        raise RuntimeError(f"breaker tail table: {len(key.bs.tails)} tails still collide after 16 hash draws")
+
+    def _rebuild(self, keep: list[_SetKey]) -> None:
         old = dict(self._sets)
         self._sets = {}
         self.single = self.single[:1]
         self._tails_stale = True
         remap = np.zeros(len(old) + 2, dtype=np.int64)
-        for bs in keep:
-            idx = self._sets[bs] = len(self._sets) + 1
-            self._add_tables(bs, idx)
-            remap[old[bs]] = idx
+        for key in keep:
+            idx = self._sets[key] = len(self._sets) + 1
+            self._add_tables(key, idx)
+            remap[old[key]] = idx
         self.set_np = remap[self.set_np]
         self.set_idx.copy_(torch.from_numpy(self.set_np))
 
     def _tail_table(self) -> TailTable | None:
-        """The held sets' multi-token breakers (built again, on the host, after a set came or went)."""
+        """The held sets' multi-token breakers (packed again, on the host, from
+        each set's cached hashes after a set came or went)."""
         if self._tails_stale:
             self._tails_stale = False
-            self.tails = TailTable.build([(i, bs.tails) for bs, i in self._sets.items()], self.vocab, self.device)
+            self.tails = TailTable.pack([(i, k.hashed) for k, i in self._sets.items() if k.hashed is not None],
+                                        self._tail_bases, self.vocab, self.device)
         return self.tails
 
     def _is_single(self, set_idx: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -621,7 +724,7 @@ class DryBatch(_Batch):
         """Admit one request (:meth:`admit_rows` with one entry); ``bs`` None:
         the set :meth:`set_breakers` gave the slot."""
         if bs is None:
-            bs = next((b for b, i in self._sets.items() if i == self.set_np[slot]), BreakerSet(frozenset()))
+            bs = next((k.bs for k, i in self._sets.items() if i == self.set_np[slot]), BreakerSet(frozenset()))
         self.admit_rows([(slot, p, bs)], [tokens.numel()], tokens.to(self.device)[None], [0], [0])
 
     def _settings(self, entries: list) -> np.ndarray:
