@@ -31,8 +31,8 @@ from vllm_plugin_core import compat
 from vllm_plugin_core.guard import is_strict
 from vllm_plugin_samplers import params as P
 from vllm_plugin_samplers.breakers import MAX_CHARS, WIRE_KEY, BreakerSet, Resolver, from_wire, load_resolver
-from vllm_plugin_samplers.penalties import DryBatch, NgramBatch
-from vllm_plugin_samplers.xtc import coin, top_k_for, xtc_apply
+from vllm_plugin_samplers.penalties import DryBatch, NgramBatch, _upload
+from vllm_plugin_samplers.xtc import FULL, GROUP, band_of, coin, group_keys, group_plan, top_k_for, xtc_apply
 
 logger = logging.getLogger("vllm.plugins.samplers")
 
@@ -610,27 +610,37 @@ class XtcLogitsProcessor(_SamplerProcessor):
     ``xtc_threshold`` but the least probable of them; a step that would drop
     an end-of-sequence or newline token drops nothing (unless
     ``xtc_eos_newline_guard`` is false); off under greedy decoding unless
-    ``xtc_under_greedy``."""
+    ``xtc_under_greedy``.
+
+    Each request's settings are one column of ``state`` (device) and
+    ``state_np`` (host). A step's XTC
+    rows run in groups of similar ``k`` (:func:`~.xtc.group_keys`), each
+    with its own candidates."""
 
     __vllm_plugin_name__ = "xtc"
     parse = staticmethod(P.parse_xtc)
     needs_tokens = False
     greedy_below = P.GREEDY_BELOW  # off under greedy decoding unless xtc_under_greedy
+    #: Rows of ``state``: threshold and probability (float64 bits), seed,
+    #: the request's eos_token_id (-1: none), the guard (0 / 1), the
+    #: candidates' ``k`` (``top_k_for`` the threshold) and its band.
+    TH, PROB, SEED, EOS, GUARD, K, BAND = range(7)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        n, dev = self.slots + 1, self.device
-        self.threshold_np = np.ones(n)
-        self.threshold = torch.ones(n, device=dev)
-        self.probability = torch.zeros(n, dtype=torch.float64, device=dev)
-        self.seed = torch.zeros(n, dtype=torch.long, device=dev)
-        self.seed_np = np.zeros(n, dtype=np.int64)
-        self.probability_np = np.zeros(n)
-        # The guard: the request's eos_token_id (-1: none) and whether it is on.
-        self.eos = torch.full((n,), -1, dtype=torch.long, device=dev)
-        self.guard_on = torch.zeros(n, dtype=torch.bool, device=dev)
-        self.guard_np = np.zeros(n, dtype=bool)
+        n = self.slots + 1
+        self.state_np = np.zeros((7, n), dtype=np.int64)
+        self.state_np[self.TH] = np.ones(n).view(np.int64)
+        self.state = torch.from_numpy(self.state_np.copy()).to(self.device)
         self.guard = self._guard_mask()
+        self._views()
+
+    def _views(self) -> None:
+        s, h = self.state, self.state_np
+        self.threshold, self.probability = s[self.TH].view(torch.float64), s[self.PROB].view(torch.float64)
+        self.seed, self.eos, self.guard_on, self.k = s[self.SEED], s[self.EOS], s[self.GUARD], s[self.K]
+        self.threshold_np, self.probability_np = h[self.TH].view(np.float64), h[self.PROB].view(np.float64)
+        self.seed_np, self.guard_np, self.k_np, self.band_np = h[self.SEED], h[self.GUARD], h[self.K], h[self.BAND]
 
     def _guard_mask(self) -> torch.Tensor:
         """Bool over token ids, built once: every token whose decoded text
@@ -668,41 +678,53 @@ class XtcLogitsProcessor(_SamplerProcessor):
         greedy = temperature is not None and float(temperature) < self.greedy_below
         return None if p is None or (greedy and not p.under_greedy) else p
 
-    def _admit(self, slot: int, p: P.XtcParams, sampling_params: Any, tokens: torch.Tensor | None) -> None:
+    @staticmethod
+    def _k_band(threshold: float) -> tuple[int, int]:
+        k = top_k_for(threshold, 2**62)
+        return k, int(band_of(np.asarray([k]))[0])
+
+    def _entry(self, slot: int, p: P.XtcParams, sampling_params: Any) -> np.ndarray:
+        """Host side of one admission: slot ``slot``'s settings column (also
+        written to ``state_np``)."""
         seed = getattr(sampling_params, "seed", None)
         if seed is None:
             seed = int(self._rng.integers(-(2**63), 2**63 - 1))
         seed = (int(seed) + 2**63) % 2**64 - 2**63  # any integer seed, folded into int64
         eos = getattr(sampling_params, "eos_token_id", None)
-        self.threshold_np[slot] = p.threshold
-        self.threshold[slot] = p.threshold
-        self.probability[slot] = p.probability
-        self.probability_np[slot] = p.probability
-        self.seed[slot] = seed
-        self.seed_np[slot] = seed
-        self.eos[slot] = int(eos) if isinstance(eos, int) and eos >= 0 else -1
-        self.guard_on[slot] = p.eos_newline_guard
-        self.guard_np[slot] = p.eos_newline_guard
+        eos = int(eos) if isinstance(eos, int) and eos >= 0 else -1
+        k, band = self._k_band(p.threshold)
+        col = np.asarray([0, 0, seed, eos, int(bool(p.eos_newline_guard)), k, band], dtype=np.int64)
+        col[[self.TH, self.PROB]] = np.asarray([p.threshold, p.probability], dtype=np.float64).view(np.int64)
+        self.state_np[:, slot] = col
+        return col
+
+    def _upload(self, slots: list[int], cols: list[np.ndarray]) -> torch.Tensor:
+        """The settings of requests ``slots`` in one upload; returns the slots on the device."""
+        packed = np.concatenate([np.asarray(slots, dtype=np.int64)[:, None], np.stack(cols)], 1)
+        dev = _upload(packed, self.device)
+        slot = dev[:, 0]
+        self.state.index_copy_(1, slot, dev[:, 1:].T)
+        return slot
+
+    def _admit(self, slot: int, p: P.XtcParams, sampling_params: Any, tokens: torch.Tensor | None) -> None:
+        self._upload([slot], [self._entry(slot, p, sampling_params)])
 
     def _add_request(self, req_idx: int, sampling_params: Any) -> bool:
         p = self._params(sampling_params)
         if p is not None:  # settings only: no tokens needed, so no admission step
             self.threshold_np[req_idx] = p.threshold
+            self.k_np[req_idx], self.band_np[req_idx] = self._k_band(p.threshold)
         return super()._add_request(req_idx, sampling_params)
 
     def _admit_staged(self, slot: int, p: Any, sampling_params: Any) -> None:
         self._admit(slot, p, sampling_params, None)
 
     def _move(self, a: int, b: int, swap: bool) -> None:
-        for t in (self.threshold, self.probability, self.seed, self.threshold_np, self.seed_np,
-                  self.probability_np, self.eos, self.guard_on, self.guard_np):
+        for t in (self.state, self.state_np):
             if swap:
-                t[[a, b]] = t[[b, a]]
+                t[:, [a, b]] = t[:, [b, a]]
             else:
-                t[b] = t[a]
-
-    def _k(self, slots: Any) -> int:
-        return top_k_for(float(self.threshold_np[slots].min()), self.vocab_of)
+                t[:, b] = t[:, a]
 
     def _guard_args(self, logits: torch.Tensor, slots: torch.Tensor | None) -> tuple[Any, Any, Any]:
         """``xtc_apply``'s guard, eos and guard_on for the rows of ``slots``
@@ -713,10 +735,14 @@ class XtcLogitsProcessor(_SamplerProcessor):
         if self.guard.shape[0] < logits.shape[1]:
             pad = torch.zeros(logits.shape[1] - self.guard.shape[0], dtype=torch.bool, device=self.guard.device)
             self.guard = torch.cat([self.guard, pad])
-        return self.guard, self.eos[slots], self.guard_on[slots]
+        return self.guard, self.eos[slots], self.guard_on[slots] != 0
+
+    def _keys(self, slots: np.ndarray, vocab: int) -> np.ndarray:
+        """Host: the group keys of request slots ``slots``."""
+        return group_keys(self.k_np[slots], self.band_np[slots], vocab)
 
     def _apply_v1(self, logits: torch.Tensor) -> None:
-        self.vocab_of = logits.shape[1]
+        vocab = logits.shape[1]
         rows = np.asarray(sorted(self.rows), dtype=np.int64)
         # V1 hands over host lists: the coin is drawn on the host, and only
         # the rows whose coin fired do any work.
@@ -725,34 +751,43 @@ class XtcLogitsProcessor(_SamplerProcessor):
         rows = rows[draws < self.probability_np[rows]]
         if not rows.size:
             return
+        keys = self._keys(rows, vocab)
+        groups = group_plan(keys, self.k_np[rows], vocab)
+        rows = rows[np.argsort(keys, kind="stable")]  # the groups' rows, in the order of group_plan
         idx = torch.from_numpy(rows).to(self.device)
         act = torch.ones(len(rows), dtype=torch.bool, device=self.device)
-        guard = self.guard_np[rows].any()
-        args = (self.threshold[idx], act, self._k(rows), *self._guard_args(logits, idx if guard else None))
-        if len(rows) == logits.shape[0]:
-            xtc_apply(logits, *args)
-        else:
-            cols, new = xtc_apply(logits[idx], *args)
-            logits[idx[:, None], cols] = new  # only the columns XTC may change
+        guard = self._guard_args(logits, idx if self.guard_np[rows].any() else None)
+        in_order = len(rows) == logits.shape[0] and len(groups) == 1  # every row, 0..R-1
+        xtc_apply(logits, self.threshold[idx], act, groups, *guard, rows=None if in_order else idx)
 
     def _apply_rows_v2(self, logits: torch.Tensor, ctx: Any) -> None:
-        self.vocab_of = logits.shape[1]
+        vocab = logits.shape[1]
         reqs = ctx.idx_mapping_np
         on = self.active_np[reqs]
-        k = self._k(reqs[on])
+        slots_on = reqs[on]
         slot = ctx.expanded_idx_mapping.long()
         n_req = len(reqs)
         per = logits.shape[0] // n_req if logits.shape[0] in (n_req, n_req * (1 + self.num_spec)) else 0
-        if on.all() or not per:
-            rows, target, pos = None, logits, ctx.pos
+        keys = self._keys(slots_on, vocab)
+        groups = group_plan(keys, self.k_np[slots_on], vocab, per)
+        if not per:
+            # Some requests have fewer drafts: which rows are whose is known on
+            # the device only. Every row, with the largest k of the step.
+            rows, groups = None, [(logits.shape[0], max(g for _, g in groups))]
+        elif on.all() and len(groups) == 1:
+            rows = None
         else:
-            # Only the rows of requests with XTC (first after a stable sort on
-            # the device; the host knows how many): the others cost nothing.
-            rows = torch.argsort((~self.active[slot]).to(torch.int8), stable=True)[: int(on.sum()) * per]
-            slot, target, pos = slot[rows], logits[rows], ctx.pos[rows]
+            # The rows of requests with XTC by group (a stable sort on the
+            # device: the host knows each group's size), the others last,
+            # untouched.
+            width = vocab // GROUP
+            key = torch.where(4 * self.k[slot] >= width, FULL, self.state[self.BAND][slot])
+            key = torch.where(self.active[slot], key, FULL + 1)
+            rows = torch.argsort(key, stable=True)[: len(slots_on) * per]
+        if rows is not None:
+            slot = slot[rows]
+        pos = ctx.pos if rows is None else ctx.pos[rows]
         position = pos.long() + 1 - self.req_states.prompt_len.gpu[slot].long()
         act = self.active[slot] & (coin(self.seed[slot], position) < self.probability[slot])
-        guard = self._guard_args(logits, slot if self.guard_np[reqs[on]].any() else None)
-        idx, new = xtc_apply(target, self.threshold[slot], act, k, *guard)
-        if rows is not None:  # write back only the k columns XTC may change
-            logits[rows[:, None], idx] = new
+        guard = self._guard_args(logits, slot if self.guard_np[slots_on].any() else None)
+        xtc_apply(logits, self.threshold[slot], act, groups, *guard, rows=rows)

@@ -18,19 +18,34 @@ denominator, computed as softmax does: ``exp(x - max)``); everything else
 works on the ``[rows, candidates]`` columns. The per-step coin is a pure
 function of the request's seed and the output position, computed on the
 device, so the same seed gives the same text whatever else runs in the batch.
+
+Rows of one step run in groups of similar ``k`` (:data:`BANDS`, :func:`group_keys`):
+the per-row passes over the vocabulary (maximum, ``exp`` sum, group maxima)
+run once for every row, and each group takes the candidates of its own
+largest ``k``, so a row's cost follows its own threshold, not the smallest
+threshold of the step.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["GROUP", "candidates", "coin", "top_k_for", "xtc_apply", "xtc_mask"]
+__all__ = ["BANDS", "FULL", "GROUP", "band_of", "candidates", "coin", "group_keys", "group_plan", "top_k_for",
+           "xtc_apply", "xtc_mask"]
 
 _M32 = 0xFFFFFFFF
 #: Columns per candidate group (see the module docstring).
 GROUP = 16
+#: Upper ends of the bands of ``k`` whose rows share a pass: up to 32 the
+#: candidates cost little beside the passes over the vocabulary, then one band
+#: per factor 4 (a row runs with at most 4 times its own ``k``; 4 bands).
+BANDS = (32, 128, 512)
+#: The group key of rows that take every column (:func:`candidates`), after the bands.
+FULL = len(BANDS) + 1
 #: Rows per chunk of the ``exp`` sum on the CPU: the temporary stays in cache.
 _CPU_ROWS = 16
 _local = threading.local()  # the CPU chunk buffer (per thread: two engines in one process may step at once)
@@ -63,15 +78,51 @@ def candidates(logits: torch.Tensor, k: int) -> torch.Tensor:
     width = vocab // GROUP
     if width <= 4 * k:
         return torch.arange(vocab, device=logits.device).expand(rows, vocab)
+    return _from_maxima(_maxima(logits), k, vocab)
+
+
+def _maxima(logits: torch.Tensor) -> torch.Tensor:
+    """``[R, V // GROUP]``: the maximum of each strided group of columns."""
+    rows, vocab = logits.shape
+    width = vocab // GROUP
     # Strided groups: a view of any logits layout (one dimension split in two).
-    maxima = logits[:, : width * GROUP].view(rows, GROUP, width).amax(1)
+    return logits[:, : width * GROUP].view(rows, GROUP, width).amax(1)
+
+
+def _from_maxima(maxima: torch.Tensor, k: int, vocab: int) -> torch.Tensor:
+    """The candidates of :func:`candidates` from the rows' group maxima."""
+    rows, width = maxima.shape
     top = torch.topk(maxima, k, dim=-1).indices  # [R, k] group numbers
-    offsets = torch.arange(GROUP, device=logits.device) * width
+    offsets = torch.arange(GROUP, device=maxima.device) * width
     idx = (top[:, None, :] + offsets[None, :, None]).reshape(rows, GROUP * k)
     if vocab > width * GROUP:  # the last vocab % GROUP columns: always candidates
-        rest = torch.arange(width * GROUP, vocab, device=logits.device).expand(rows, vocab - width * GROUP)
+        rest = torch.arange(width * GROUP, vocab, device=maxima.device).expand(rows, vocab - width * GROUP)
         idx = torch.cat([idx, rest], 1)
     return idx
+
+
+def group_keys(k: np.ndarray, band: np.ndarray, vocab: int) -> np.ndarray:
+    """Host: the group key of rows with candidates for ``k`` (their own
+    :func:`top_k_for`) in band ``band`` (:func:`band_of`): the band, or
+    :data:`FULL` where the vocabulary is small enough for every column."""
+    return np.where(4 * k >= vocab // GROUP, FULL, band)
+
+
+def band_of(k: np.ndarray) -> np.ndarray:
+    """The band (:data:`BANDS`) of each ``k``."""
+    return np.searchsorted(BANDS, k, side="left")
+
+
+def group_plan(keys: np.ndarray, k: np.ndarray, vocab: int, per: int = 1) -> list[tuple[int, int]]:
+    """Host: ``(rows, k)`` of each group of a step, in ascending key order,
+    from each request's key and ``k``; ``per`` rows per request. A group runs
+    with the largest ``k`` of its requests."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    counts = np.diff(np.r_[starts, len(keys)])
+    top = np.maximum.reduceat(k[order], starts)
+    return [(int(c) * per, int(min(t, vocab))) for c, t in zip(counts, top, strict=True)]
 
 
 def _sum_exp(logits: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
@@ -93,22 +144,62 @@ def _sum_exp(logits: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def xtc_apply(logits: torch.Tensor, threshold: torch.Tensor, act: torch.Tensor, k: int,
+def xtc_apply(logits: torch.Tensor, threshold: torch.Tensor, act: torch.Tensor, k: int | list[tuple[int, int]],
               guard: torch.Tensor | None = None, eos: torch.Tensor | None = None,
-              guard_on: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """XTC in place on every row of ``logits`` where ``act`` [R] is True.
+              guard_on: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> None:
+    """XTC in place on the rows ``rows`` (``[N]`` distinct row numbers on the
+    device; None: every row, in order) of ``logits``, where ``act`` is True.
 
-    ``threshold`` [R]; ``k`` >= ``top_k_for`` of the smallest threshold.
-    ``guard``: bool [>= V] over token ids, and ``eos`` [R] one more id per row
+    ``threshold``, ``act``, ``eos``, ``guard_on``: ``[N]``, in the order of
+    ``rows``. ``k``: >= ``top_k_for`` of every row's threshold, or a list of
+    groups ``(n, k)``: the next ``n`` rows (in the order of ``rows``) take the
+    candidates of ``k`` (each >= ``top_k_for`` of its rows' thresholds).
+    ``guard``: bool [>= V] over token ids, and ``eos`` one more id per row
     (-1: none): a row whose removals would include one of them is left as it
-    is, where ``guard_on`` [R] (default: every row) is True.
-    Returns the ``[R, C]`` columns it may have written and their new values.
+    is, where ``guard_on`` (default: every row) is True. Only the candidate
+    columns are written.
     """
-    idx = candidates(logits, k)
-    vals = logits.gather(1, idx)
+    vocab = logits.shape[1]
+    n_rows = logits.shape[0] if rows is None else rows.shape[0]
+    groups = [(n_rows, k)] if isinstance(k, int) else k
+    width = vocab // GROUP
+    # The rows' passes over the vocabulary run on the logits in place, or on
+    # a copy of the listed rows where they are a subset.
+    whole = rows is None or n_rows == logits.shape[0]
+    x = logits if whole else logits[rows]
+    maxima = _maxima(x) if any(width > 4 * g for _, g in groups) else None
+    if maxima is None:
+        top = x.amax(-1, keepdim=True).float()
+    else:
+        top = maxima.amax(-1, keepdim=True)
+        if vocab > width * GROUP:
+            top = torch.maximum(top, x[:, width * GROUP:].amax(-1, keepdim=True))
+        top = top.float()
+    total = _sum_exp(x, top)
+    start = 0
+    for n, g in groups:
+        if n:
+            part = slice(start, start + n)
+            at = rows[part] if rows is not None else part  # logits rows written
+            xi = at if whole else part  # rows of x read
+            _group(logits, x, at, xi, g, threshold[part], act[part], top[xi], total[xi], maxima, guard,
+                   None if eos is None else eos[part], None if guard_on is None else guard_on[part])
+        start += n
+
+
+def _group(logits: torch.Tensor, x: torch.Tensor, at: Any, xi: Any, k: int, threshold: torch.Tensor,
+           act: torch.Tensor, top: torch.Tensor, total: torch.Tensor, maxima: torch.Tensor | None,
+           guard: torch.Tensor | None, eos: torch.Tensor | None, guard_on: torch.Tensor | None) -> None:
+    """XTC on one group: the rows ``xi`` of ``x`` (a slice or index tensor),
+    written to the rows ``at`` of ``logits``, with the candidates of ``k``."""
+    vocab = x.shape[1]
+    rows = threshold.shape[0]
+    if maxima is None or vocab // GROUP <= 4 * k:
+        idx = torch.arange(vocab, device=x.device).expand(rows, vocab)
+    else:
+        idx = _from_maxima(maxima[xi], k, vocab)
+    vals = x[xi].gather(1, idx) if isinstance(xi, slice) else x[xi[:, None], idx]
     v = vals.float()
-    top = v.amax(-1, keepdim=True)  # the row's maximum is a candidate
-    total = _sum_exp(logits, top)
     probs = torch.exp(v - top) / total
     above = probs >= threshold.to(probs.dtype)[:, None]
     # Keep the least probable token above the threshold (ties: the lowest id).
@@ -127,8 +218,10 @@ def xtc_apply(logits: torch.Tensor, threshold: torch.Tensor, act: torch.Tensor, 
         blocked = (drop & hit).any(-1)
         fire = fire & ~(blocked if guard_on is None else blocked & guard_on)
     new = vals.masked_fill(drop & fire[:, None], float("-inf"))
-    logits.scatter_(1, idx, new)
-    return idx, new
+    if isinstance(at, slice):
+        logits[at].scatter_(1, idx, new)
+    else:
+        logits[at[:, None], idx] = new
 
 
 def _fmix(h: torch.Tensor) -> torch.Tensor:
