@@ -1,6 +1,7 @@
 """XTC rows of one step run in groups of similar ``k`` (each with its own
 candidates): a row's cost follows its own ``xtc_threshold``, not the smallest
-threshold of the step. Through the processor's V1 and V2 paths, against the reference."""
+threshold of the step; and a step's admissions are one upload, whatever
+their number. Through the processor's V1 and V2 paths, against the reference."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_runner_interfaces import Cfg, _no_sync_mode, _to_meta, needs_v1, sp, v2_ctx, v2_state
+from test_runner_interfaces import Cfg, _no_sync_mode, _ops, _to_meta, needs_v1, sp, v2_ctx, v2_state
 
 from vllm_plugin_core import compat
 from vllm_plugin_samplers.processors import XtcLogitsProcessor
@@ -190,3 +191,39 @@ def test_v1_groups_equal_the_reference(digits_tokenizer):
     assert not proc.failures
     assert torch.equal(out, _reference(logits, picks))
     assert torch.isinf(out).any(1).sum() >= 5
+
+
+def test_v2_admitting_many_requests_is_a_fixed_number_of_ops(digits_tokenizer):
+    """A step admitting 21 XTC requests runs as many tensor operations as one
+    admitting 3 (their settings in one upload), and each gets its settings."""
+    v2 = compat.v2_logits_interface()
+
+    def admit(n):
+        proc = XtcLogitsProcessor(Cfg, v2_state(v2, torch.zeros(24, 8, dtype=torch.long), [2] * 24, [2] * 24))
+        for s in range(n):
+            proc.add_request(s, sp(xtc_probability=0.5 + s / 100, xtc_threshold=0.01 * (s + 1),
+                                   xtc_eos_newline_guard=s % 2 == 0))
+        return proc, _ops(proc.apply_staged_writes)
+
+    (_, ops_few), (many, ops_many) = admit(3), admit(21)
+    assert ops_many == ops_few, (ops_few, ops_many)
+    for s in range(21):
+        assert many.probability[s] == 0.5 + s / 100 and many.threshold[s] == 0.01 * (s + 1)
+        assert many.seed[s] == 3 and bool(many.guard_on[s]) == (s % 2 == 0) and many.eos[s] == -1
+    assert many.active[:21].all() and not many.active[21:].any()
+
+
+@needs_v1
+def test_v1_admitting_many_requests_is_a_fixed_number_of_ops(digits_tokenizer):
+    BatchUpdate, _ = compat.batch_update_types()
+
+    def admit(n):
+        proc = XtcLogitsProcessor(Cfg, torch.device("cpu"), False)
+        update = BatchUpdate(batch_size=n, removed=[], moved=[], added=[
+            (s, sp(xtc_probability=1.0, xtc_threshold=0.01 * (s + 1)), [1, 2], []) for s in range(n)])
+        return proc, _ops(lambda: proc.update_state(update))
+
+    (_, ops_few), (many, ops_many) = admit(3), admit(21)
+    assert ops_many == ops_few, (ops_few, ops_many)
+    assert sorted(many.rows) == list(range(21)) and many.active[:21].all() and not many.failures
+    assert [round(float(t), 4) for t in many.threshold[:21]] == [round(0.01 * (s + 1), 4) for s in range(21)]

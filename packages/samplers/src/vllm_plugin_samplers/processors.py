@@ -613,7 +613,7 @@ class XtcLogitsProcessor(_SamplerProcessor):
     ``xtc_under_greedy``.
 
     Each request's settings are one column of ``state`` (device) and
-    ``state_np`` (host). A step's XTC
+    ``state_np`` (host): a step's admissions are one upload. A step's XTC
     rows run in groups of similar ``k`` (:func:`~.xtc.group_keys`), each
     with its own candidates."""
 
@@ -698,8 +698,21 @@ class XtcLogitsProcessor(_SamplerProcessor):
         self.state_np[:, slot] = col
         return col
 
+    def _columns(self, items: list[tuple[int, Any, Any]]) -> tuple[list[int], list[np.ndarray]]:
+        """Settings columns of the requests ``(slot, params, sampling params)``
+        whose host side succeeds (each failure contained for its request alone)."""
+        slots, cols = [], []
+        for slot, p, sampling_params in items:
+            try:
+                cols.append(self._entry(slot, p, sampling_params))
+                slots.append(slot)
+            except Exception as exc:
+                self._contain("admission", exc, [slot])
+                self._turn_off([slot])
+        return slots, cols
+
     def _upload(self, slots: list[int], cols: list[np.ndarray]) -> torch.Tensor:
-        """The settings of requests ``slots`` in one upload; returns the slots on the device."""
+        """Every admitted request's settings in one upload; returns the slots on the device."""
         packed = np.concatenate([np.asarray(slots, dtype=np.int64)[:, None], np.stack(cols)], 1)
         dev = _upload(packed, self.device)
         slot = dev[:, 0]
@@ -709,15 +722,46 @@ class XtcLogitsProcessor(_SamplerProcessor):
     def _admit(self, slot: int, p: P.XtcParams, sampling_params: Any, tokens: torch.Tensor | None) -> None:
         self._upload([slot], [self._entry(slot, p, sampling_params)])
 
+    def _admit_added(self, added: dict[int, tuple[Any, Any, Any, Any]]) -> None:
+        """V1: every added row's settings in one upload."""
+        slots, cols = self._columns([(i, p, sp) for i, (p, sp, _, _) in added.items()])
+        if not slots:
+            return
+        try:
+            dev = self._upload(slots, cols)
+        except Exception as exc:
+            self._contain("admission", exc, slots)
+            self._turn_off(slots)
+            return
+        for i in slots:
+            _, _, prompt, output_ids = added[i]
+            self.rows[i] = (len(prompt), output_ids, len(prompt) + len(output_ids))
+        self.active_np[slots] = True
+        self.active.index_fill_(0, dev, True)
+
+    def apply_staged_writes(self) -> None:
+        """V2: every staged request's settings in one upload."""
+        try:
+            staged = self._take_staged()
+        except Exception as exc:
+            self._contain("apply_staged_writes", exc, [s for s, _ in self._staged])
+            self._turn_off([s for s, _ in self._staged])
+            return
+        slots, cols = self._columns([(slot, p, sp) for slot, (p, sp) in staged])
+        if not slots:
+            return
+        try:
+            self.active.index_fill_(0, self._upload(slots, cols), True)
+        except Exception as exc:
+            self._contain("admission", exc, slots)
+            self._turn_off(slots)
+
     def _add_request(self, req_idx: int, sampling_params: Any) -> bool:
         p = self._params(sampling_params)
         if p is not None:  # settings only: no tokens needed, so no admission step
             self.threshold_np[req_idx] = p.threshold
             self.k_np[req_idx], self.band_np[req_idx] = self._k_band(p.threshold)
         return super()._add_request(req_idx, sampling_params)
-
-    def _admit_staged(self, slot: int, p: Any, sampling_params: Any) -> None:
-        self._admit(slot, p, sampling_params, None)
 
     def _move(self, a: int, b: int, swap: bool) -> None:
         for t in (self.state, self.state_np):
