@@ -40,9 +40,8 @@ def test_weights_reload_into_the_packed_layout():
     weights (a kept, tied-like weight is re-packed)."""
     pytest.importorskip("vllm")
     from vllm.config import VllmConfig, set_current_vllm_config
-    from vllm.model_executor.layers.linear import ColumnParallelLinear
-
     from vllm.distributed import parallel_state
+    from vllm.model_executor.layers.linear import ColumnParallelLinear
 
     from vllm_plugin_torch_native.linear import pack_linear_layers, weights_in_place
 
