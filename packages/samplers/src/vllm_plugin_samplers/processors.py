@@ -320,12 +320,27 @@ class _SamplerProcessor(*compat.logits_processor_bases("vllm-plugin-samplers")):
         staged, self._staged = self._staged, []
         return staged
 
-    def apply_staged_writes(self) -> None:
+    def _staged_or_contained(self) -> list[tuple[int, tuple[Any, Any]]] | None:
+        """V2: this step's staged requests, or None when taking them failed
+        (contained: those requests' rows are left as they are)."""
         try:
-            staged = self._take_staged()
+            return self._take_staged()
         except Exception as exc:
             self._contain("apply_staged_writes", exc, [s for s, _ in self._staged])
             self._turn_off([s for s, _ in self._staged])
+            return None
+
+    def _mark_admitted(self, added: dict[int, tuple[Any, Any, Any, Any]], slots: list[int], dev: Any) -> None:
+        """V1: the admitted rows' lengths on the host, their slots active."""
+        for i in slots:
+            _, _, prompt, output_ids = added[i]
+            self.rows[i] = (len(prompt), output_ids, len(prompt) + len(output_ids))
+        self.active_np[slots] = True
+        self.active.index_fill_(0, dev, True)
+
+    def apply_staged_writes(self) -> None:
+        staged = self._staged_or_contained()
+        if staged is None:
             return
         for slot, (p, sampling_params) in staged:
             try:
@@ -403,19 +418,12 @@ class _SuffixProcessor(_SamplerProcessor):
             self._contain("admission", exc, slots)
             self._turn_off(slots)
             return
-        for i in slots:
-            _, _, prompt, output_ids = added[i]
-            self.rows[i] = (len(prompt), output_ids, len(prompt) + len(output_ids))
-        self.active_np[slots] = True
-        self.active.index_fill_(0, dev, True)
+        self._mark_admitted(added, slots, dev)
 
     def apply_staged_writes(self) -> None:
         """V2: every staged request in one batched admission from the runner's token history."""
-        try:
-            staged = self._take_staged()
-        except Exception as exc:
-            self._contain("apply_staged_writes", exc, [s for s, _ in self._staged])
-            self._turn_off([s for s, _ in self._staged])
+        staged = self._staged_or_contained()
+        if staged is None:
             return
         entries = self._entries([(slot, p, sp) for slot, (p, sp) in staged])
         if not entries:
@@ -733,19 +741,12 @@ class XtcLogitsProcessor(_SamplerProcessor):
             self._contain("admission", exc, slots)
             self._turn_off(slots)
             return
-        for i in slots:
-            _, _, prompt, output_ids = added[i]
-            self.rows[i] = (len(prompt), output_ids, len(prompt) + len(output_ids))
-        self.active_np[slots] = True
-        self.active.index_fill_(0, dev, True)
+        self._mark_admitted(added, slots, dev)
 
     def apply_staged_writes(self) -> None:
         """V2: every staged request's settings in one upload."""
-        try:
-            staged = self._take_staged()
-        except Exception as exc:
-            self._contain("apply_staged_writes", exc, [s for s, _ in self._staged])
-            self._turn_off([s for s, _ in self._staged])
+        staged = self._staged_or_contained()
+        if staged is None:
             return
         slots, cols = self._columns([(slot, p, sp) for slot, (p, sp) in staged])
         if not slots:
