@@ -24,6 +24,7 @@ SHIM_NEEDED_BEFORE = {
     "platform_method_names": "0.33",
     "standalone_cpu_runner_available": "0.34",
     "cpu_memory_fraction": "0.34",
+    "v1_runner_replaced_by_v2": "0.34",
 }
 
 
@@ -232,3 +233,31 @@ def test_v1_async_scheduling_still_leaves_placeholders_for_plugins():
 def test_input_processor_class_validates_requests():
     cls = compat.input_processor_class()
     assert cls.__name__ == "InputProcessor" and callable(cls._validate_params)
+
+
+def test_v1_runner_replaced_by_v2():
+    """True only on a vLLM with V1's CPU runner where the config asks for V2."""
+    from types import SimpleNamespace
+
+    v2 = SimpleNamespace(use_v2_model_runner=True)
+    assert compat.v1_runner_replaced_by_v2(v2) == version_in("<0.34")
+    assert compat.v1_runner_replaced_by_v2(SimpleNamespace(use_v2_model_runner=False)) is False
+    assert compat.v1_runner_replaced_by_v2(SimpleNamespace()) is False
+
+
+def test_attention_backend_refusals_through_the_real_selector_config():
+    """The backend's own validate_configuration, with the fields this vLLM's
+    signature takes, for vLLM's AttentionSelectorConfig."""
+    import torch
+    from vllm.v1.attention.backend import AttentionBackend
+    from vllm.v1.attention.selector import AttentionSelectorConfig
+
+    class Fp32Only(AttentionBackend):
+        supported_dtypes = [torch.float32]
+
+    ok = AttentionSelectorConfig(head_size=64, dtype=torch.float32, kv_cache_dtype="auto", block_size=16)
+    assert compat.attention_backend_refusals(Fp32Only, ok) == []
+    bad = AttentionSelectorConfig(head_size=64, dtype=torch.bfloat16, kv_cache_dtype="auto", block_size=16)
+    assert compat.attention_backend_refusals(Fp32Only, bad) == ["dtype not supported"]
+    assert compat.attention_backend_refusals(Fp32Only, object()) == []  # not a selector config
+
