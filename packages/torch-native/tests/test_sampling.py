@@ -19,6 +19,10 @@ def test_top_k_top_p_takes_the_pytorch_path_where_triton_is_importable(monkeypat
     def triton_on_cpu(*args, **kwargs):
         raise RuntimeError("0 active drivers ([]). There should only be one.")  # what Triton says here
 
+    patch = sampling._patch()
+    was_applied = patch.applied  # by an in-process engine of an earlier test
+    if was_applied:
+        REGISTRY.revert(sampling.PATCH_NAME)
     monkeypatch.setattr(module, "HAS_TRITON", True)  # as on a GPU host
     monkeypatch.setattr(module, "apply_top_k_top_p_triton", triton_on_cpu, raising=False)
     g = torch.Generator().manual_seed(0)
@@ -36,3 +40,6 @@ def test_top_k_top_p_takes_the_pytorch_path_where_triton_is_importable(monkeypat
     finally:
         REGISTRY.revert(sampling.PATCH_NAME)
     assert module.HAS_TRITON is True  # reverted to what it was
+    monkeypatch.undo()
+    if was_applied:
+        sampling.install()
